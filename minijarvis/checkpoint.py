@@ -1,0 +1,118 @@
+"""Building the LLM, and checkpoints: safetensors weights + config.json + the tokenizer.
+
+A checkpoint directory holds
+
+    config.json        {"model": ModelConfig, "mask": MaskConfig, "train": ..., "stage": ...}
+    model.safetensors  every tensor that is not reproducible from its source: what trained
+                       (proj, z, proj_tgt; the LLM after stage 2) and any randomly initialised
+                       network (so a tiny offline model reloads bit for bit)
+    tokenizer/         the tokenizer, so loading needs neither the hub nor the builder
+
+Loading never unpickles: safetensors and JSON only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .config import ModelConfig, load_config, save_config
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
+# Parts a stage-2 model may lack that a stage-1 checkpoint holds: JARVIS's additions.
+STAGE1_ONLY = ("z", "proj_tgt.", "target_encoder.")
+SDPA_UNSUPPORTED = ("gemma2",)  # attention soft-capping: eager only (DESIGN.md §5)
+
+
+def resolve_attn(cfg: ModelConfig, model_type: str) -> str:
+    """The attention backend: eager for Gemma2 (soft-capping), SDPA for the others."""
+    if cfg.llm_attn != "auto":
+        return cfg.llm_attn
+    return "eager" if model_type in SDPA_UNSUPPORTED else "sdpa"
+
+
+def build_llm(cfg: ModelConfig) -> torch.nn.Module:
+    """The causal LM: from ``llm_name`` (hub id or local directory) when ``llm_pretrained``,
+    else randomly initialised from ``llm_arch`` offline. Only a pretrained load can reach
+    the network, and only when ``llm_name`` is a hub id."""
+    if cfg.llm_pretrained:
+        config = AutoConfig.from_pretrained(cfg.llm_name)
+        attn = resolve_attn(cfg, config.model_type)
+        return AutoModelForCausalLM.from_pretrained(cfg.llm_name, attn_implementation=attn)
+    arch = dict(cfg.llm_arch)
+    model_type = arch.pop("model_type")
+    config = AutoConfig.for_model(model_type, **arch)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=resolve_attn(cfg, model_type))
+
+
+def saved_prefixes(cfg: ModelConfig, stage: str) -> tuple[str, ...]:
+    """State-dict prefixes a checkpoint of a ``stage`` model stores (see the module docstring)."""
+    keep = ["proj.", "z", "proj_tgt."]
+    if stage == "finetune" or not cfg.llm_pretrained:
+        keep.append("llm.")
+    if not (cfg.ctx_pretrained or cfg.ctx_weights):
+        keep.append("context_encoder.")
+    if not (cfg.tgt_pretrained or cfg.tgt_weights):
+        keep.append("target_encoder.")
+    return tuple(keep)
+
+
+def _selected(state: dict, prefixes) -> dict:
+    """Keys under ``prefixes``, each storage once (tied embeddings are stored under one name)."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if key.startswith(prefixes) and ptr not in seen:
+            seen.add(ptr)
+            out[key] = value.detach().contiguous().cpu()
+    return out
+
+
+def save_checkpoint(model, directory, **configs) -> Path:
+    """Write ``model`` to ``directory`` (weights, config, tokenizer); atomic per file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = _selected(model.state_dict(), saved_prefixes(model.cfg, model.stage))
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "stage": model.stage})
+    tmp.replace(directory / WEIGHTS)
+    model.tokenizer.save_pretrained(str(directory / TOKENIZER))
+    save_config(directory / CONFIG, model=model.cfg, mask=model.mask_cfg, stage=model.stage,
+                **configs)
+    return directory
+
+
+def load_checkpoint(cls, directory, stage: str | None = None, **overrides):
+    """Rebuild a model from ``directory``; ``stage="finetune"`` on a stage-1 checkpoint starts
+    stage 2: JARVIS's z, proj_tgt and target encoder are dropped (VIRAL builds fresh ones).
+    ``overrides`` replace ModelConfig fields (e.g. ``method="viral"`` for stage 2)."""
+    from .tokenizer import load_tokenizer
+
+    directory = Path(directory)
+    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{directory} is not a minijarvis checkpoint "
+                                f"(needs {CONFIG} and {WEIGHTS})")
+    configs = load_config(directory / CONFIG)
+    saved_stage = configs.get("stage", "align")
+    cfg = dataclasses.replace(configs["model"], **overrides)
+    model = cls(cfg, configs.get("mask"), stage or saved_stage,
+                tokenizer=load_tokenizer(str(directory / TOKENIZER)))
+    state = load_file(str(directory / WEIGHTS))
+    if model.stage != saved_stage:  # stage 1 -> stage 2: JARVIS's additions are dropped
+        state = {k: v for k, v in state.items() if not k.startswith(STAGE1_ONLY)}
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise ValueError(f"{directory}: tensors with no place in this model: {unexpected[:5]}")
+    missing = set(model.load_state_dict(state, strict=False).missing_keys)
+    # Tied weights are stored once; a key is really missing only if its storage wasn't loaded.
+    # Parts that a new stage creates (VIRAL's proj_tgt) start fresh.
+    expected = set(_selected(own, saved_prefixes(model.cfg, saved_stage)))
+    fresh = STAGE1_ONLY if model.stage != saved_stage else ()
+    lost = [k for k in missing & expected if not (fresh and k.startswith(fresh))]
+    if lost:
+        raise ValueError(f"{directory}: checkpoint lacks {sorted(lost)[:5]}")
+    return model

@@ -1,0 +1,246 @@
+"""Configuration: three flat dataclasses (model, masks, training) and the presets.
+
+Every checkpoint directory holds ``config.json`` written by :func:`save_config`, so a
+checkpoint explains itself: which LLM and encoders, which method, which masks, which
+optimisation. Fields are prefixed by the part they configure (``llm_``, ``ctx_``, ``tgt_``,
+``jepa_``, ``mask_``) and map one-to-one to kebab-case flags of ``train.py``.
+
+Defaults reproduce the official JARVIS release; DESIGN.md §2 and the README's fidelity table
+list every place where the paper's text differs and the field that selects it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("jarvis", "llava", "nomask", "viral")
+STAGES = ("align", "finetune")
+DISTANCES = ("cosine", "smooth_l1")
+ATTN_IMPLS = ("auto", "sdpa", "eager", "flex_attention")
+IMAGE_ASPECTS = ("pad", "resize")
+
+
+@dataclass
+class ModelConfig:
+    """The MLLM: LLM, context encoder F_ctx, target encoder F_tgt, and the method."""
+
+    # LLM G. Pretrained: loaded from ``llm_name`` (hub id or local directory). Random: built
+    # offline from ``llm_arch`` (transformers config kwargs including ``model_type``).
+    llm_name: str = "tiny-llama"
+    llm_pretrained: bool = False
+    llm_arch: dict = field(default_factory=dict)
+    llm_attn: str = "auto"  # auto = eager for Gemma2 (soft-capping), sdpa otherwise
+    tokenizer: str = "builtin"  # "builtin" = offline BPE (minijarvis.tokenizer); else hub id/dir
+    # Context encoder F_ctx (timm name). Weights: pretrained from the hub, a local file, or random.
+    ctx_encoder: str = "vit_base_patch16_clip_224"
+    ctx_pretrained: bool = False
+    ctx_weights: str = ""  # local .safetensors/.bin/.pth file; implies pretrained weights
+    ctx_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs
+    # Target encoder F_tgt (JARVIS, nomask, VIRAL only). Sees the image at F_ctx's resolution.
+    tgt_encoder: str = "vit_small_patch14_reg4_dinov2"
+    tgt_pretrained: bool = False
+    tgt_weights: str = ""
+    tgt_kwargs: dict = field(default_factory=dict)
+    # Method (DESIGN.md §3) and its knobs.
+    method: str = "jarvis"
+    bidirectional_visual: bool | None = None  # None = release default: on for jarvis only
+    jepa_layer: int | None = None  # None = num_layers // 4 (VIRAL: num_layers // 2)
+    jepa_lambda: float = 0.2  # probability that a stage-1 step skips JEPA (plain NTP)
+    jepa_distance: str = "cosine"  # release: raw -cos; "smooth_l1" = I-JEPA on layer-normed targets
+    pos_embed: bool = False  # paper: z + phi(i) (2D sin-cos); release: z alone (RoPE only)
+    image_aspect: str = "pad"  # LLaVA "pad" to a square in F_ctx's mean colour, or "resize"
+    max_length: int = 2048  # tokens after splicing the image; truncation never cuts the image
+
+    def resolved_bidirectional_visual(self) -> bool:
+        """The release's default: all visual tokens bidirectional for JARVIS, causal otherwise."""
+        if self.bidirectional_visual is None:
+            return self.method == "jarvis"
+        return self.bidirectional_visual
+
+    def validate(self) -> None:
+        _choice("method", self.method, METHODS)
+        _choice("jepa_distance", self.jepa_distance, DISTANCES)
+        _choice("llm_attn", self.llm_attn, ATTN_IMPLS)
+        _choice("image_aspect", self.image_aspect, IMAGE_ASPECTS)
+        if not 0.0 <= self.jepa_lambda <= 1.0:
+            raise ValueError(f"jepa_lambda must lie in [0, 1], got {self.jepa_lambda}")
+        if not self.llm_pretrained and not self.llm_arch:
+            raise ValueError("a randomly initialised LLM needs llm_arch (a preset gives one); "
+                             "pass a hub id or local directory with llm_pretrained=True instead")
+        if self.jepa_layer is not None and self.jepa_layer < 1:
+            raise ValueError(f"jepa_layer must be >= 1 (hidden_states index), got {self.jepa_layer}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass
+class MaskConfig:
+    """I-JEPA multi-block masks on the context grid (DESIGN.md §2.2); release defaults."""
+
+    mask_num_targets: int = 4
+    mask_target_scale: tuple[float, float] = (0.15, 0.2)
+    mask_target_aspect: tuple[float, float] = (0.75, 1.5)
+    mask_context_scale: tuple[float, float] = (0.85, 1.0)
+    mask_context_aspect: tuple[float, float] = (1.0, 1.0)  # paper's text: (0.75, 1.5)
+    mask_min_keep: int = 10
+    mask_faithful: bool = True  # False: the clean sampler without the release's quirks
+
+    def sampler_kwargs(self) -> dict:
+        return dict(num_targets=self.mask_num_targets, target_scale=tuple(self.mask_target_scale),
+                    target_aspect=tuple(self.mask_target_aspect),
+                    context_scale=tuple(self.mask_context_scale),
+                    context_aspect=tuple(self.mask_context_aspect),
+                    min_keep=self.mask_min_keep, faithful=self.mask_faithful)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and I/O of one stage. LLaVA-1.5 values are filled in by stage_defaults()."""
+
+    stage: str = "align"
+    output_dir: str = ""  # default: runs/<preset>-<method>-<stage>
+    data: str = ""  # LLaVA JSON; empty = built-in synthetic shapes data
+    image_folder: str = ""
+    init: str = ""  # stage-1 checkpoint directory to start stage 2 from
+    synthetic_size: int = 512  # records of built-in data when --data is empty
+    max_steps: int = -1  # -1 = one pass over `epochs` epochs
+    epochs: float = 1.0
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    log_every: int = 1
+    num_workers: int = 0
+    strict: bool = False  # stop on the first bad record instead of skipping and counting it
+
+    def validate(self) -> None:
+        _choice("stage", self.stage, STAGES)
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+
+
+# LLaVA-1.5 hyper-parameters (DESIGN.md §1): global batch and learning rate per stage.
+LLAVA_STAGE_DEFAULTS = {"align": dict(global_batch=256, lr=1e-3), "finetune": dict(global_batch=128, lr=2e-5)}
+
+# ---------------------------------------------------------------- presets
+# LLM architectures, so that each preset builds its real shape offline with random weights.
+_LLM_ARCH = {
+    "tiny": dict(model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=128,
+                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=1024, tie_word_embeddings=False),
+    "gemma2-2b": dict(model_type="gemma2", vocab_size=256000, hidden_size=2304,
+                      intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                      num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
+                      sliding_window=4096, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
+                      final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh"),
+    "llama3.2-3b": dict(model_type="llama", vocab_size=128256, hidden_size=3072,
+                        intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                        num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+                        rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                                          high_freq_factor=4.0,
+                                          original_max_position_embeddings=8192)),
+    "vicuna-7b": dict(model_type="llama", vocab_size=32000, hidden_size=4096,
+                      intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "ministral-8b": dict(model_type="mistral", vocab_size=131072, hidden_size=4096,
+                         intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                         rope_theta=100000000.0, sliding_window=32768, rms_norm_eps=1e-5),
+    "qwen2-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584,
+                     intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0,
+                     rms_norm_eps=1e-6, tie_word_embeddings=False),
+}
+_LLM_HUB = {"gemma2-2b": "google/gemma-2-2b-it", "llama3.2-3b": "meta-llama/Llama-3.2-3B-Instruct",
+            "vicuna-7b": "lmsys/vicuna-7b-v1.5", "ministral-8b": "mistralai/Ministral-8B-Instruct-2410",
+            "qwen2-7b": "Qwen/Qwen2-7B-Instruct"}
+
+# Vision encoders: (timm name, timm kwargs). The paper's: CLIP ViT-L/14@336 (context),
+# DINOv2-L/14 (target, run at 336 px -> 24x24), SigLIP2 (context, 384 px).
+ENCODERS = {
+    "clip-l-336": ("vit_large_patch14_clip_336.openai", {}),
+    "siglip2-so400m-384": ("vit_so400m_patch16_siglip_384.v2_webli", {}),
+    "dinov2-l": ("vit_large_patch14_dinov2.lvd142m", {}),
+    # Tiny random encoders for offline runs: 12x12 grids at 192 px, two blocks, width 64.
+    "tiny-clip": ("vit_base_patch16_clip_224", dict(img_size=192, depth=2, embed_dim=64, num_heads=2)),
+    "tiny-dinov2": ("vit_small_patch14_reg4_dinov2",
+                    dict(img_size=192, patch_size=16, depth=2, embed_dim=64, num_heads=2)),
+}
+
+PRESETS = ("tiny",) + tuple(_LLM_HUB)
+
+
+def preset(name: str, pretrained: bool = False) -> ModelConfig:
+    """ModelConfig of a named preset. ``pretrained=False`` builds the real architecture with
+    random weights offline (speed/memory measurements); ``True`` loads hub weights."""
+    _choice("preset", name, PRESETS)
+    if name == "tiny":
+        ctx, ctx_kw = ENCODERS["tiny-clip"]
+        tgt, tgt_kw = ENCODERS["tiny-dinov2"]
+        return ModelConfig(llm_name="tiny-llama", llm_arch=dict(_LLM_ARCH["tiny"]), max_length=512,
+                           ctx_encoder=ctx, ctx_kwargs=dict(ctx_kw), tgt_encoder=tgt,
+                           tgt_kwargs=dict(tgt_kw))
+    ctx, _ = ENCODERS["clip-l-336"]
+    tgt, _ = ENCODERS["dinov2-l"]
+    return ModelConfig(llm_name=_LLM_HUB[name], llm_pretrained=pretrained,
+                       llm_arch=dict(_LLM_ARCH[name]),
+                       tokenizer=_LLM_HUB[name] if pretrained else "builtin",
+                       ctx_encoder=ctx, ctx_pretrained=pretrained, tgt_encoder=tgt,
+                       tgt_pretrained=pretrained)
+
+
+def default_jepa_layer(num_layers: int, method: str) -> int:
+    """Layer j whose output h_j is aligned: num_layers // 4 (JARVIS, nomask); VIRAL uses the
+    middle layer. Index into HF ``hidden_states`` (j = output of decoder layer j - 1)."""
+    return num_layers // 2 if method == "viral" else max(1, num_layers // 4)
+
+
+# ---------------------------------------------------------------- (de)serialisation
+def save_config(path: str | Path, **entries) -> None:
+    """Write {"model": ..., "mask": ..., "train": ..., other plain values} as JSON (atomically)."""
+    path = Path(path)
+    payload = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+               for k, v in entries.items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+_CLASSES = {"model": ModelConfig, "mask": MaskConfig, "train": TrainConfig}
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a config.json: "model", "mask", "train" as dataclasses, other entries as they are."""
+    raw = json.loads(Path(path).read_text())
+    out = {}
+    for key, values in raw.items():
+        if key not in _CLASSES:
+            out[key] = values
+            continue
+        cls = _CLASSES[key]
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"{path}: unknown {key} config fields {sorted(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        out[key] = cls(**kwargs)
+    return out
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")

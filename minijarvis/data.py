@@ -1,0 +1,433 @@
+"""LLaVA data -> token ids + labels -> batches (DESIGN.md §1).
+
+* Stage 1 (``align``, LLaVA-558k): the plain template, ``<image>`` + caption, labels on the
+  caption only (:func:`encode_caption`).
+* Stage 2 (``finetune``, LLaVA-665k): the tokenizer's chat template, labels on assistant turns
+  only (:func:`encode_conversation`). Ids and labels are built together, segment by segment
+  (as nanochat does), so LLaVA's "tokenization mismatch" cannot happen.
+
+The text ``"<image>"`` is one token id; the model later expands it into H*W visual slots, so
+lengths that matter (``max_length``) are *spliced* lengths: text tokens - 1 + H*W.
+
+Bad records never crash an epoch: :class:`LlavaDataset` returns a :class:`Skip` marker (id,
+reason), :func:`collate` drops it and reports it in ``batch["skipped"]``; ``strict=True``
+raises :class:`BadRecord` instead. Structural problems are found once, at construction.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
+
+from minijarvis.tokenizer import IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "gpt": "assistant"}  # LLaVA's "from" -> chat-template role
+PLAIN_STYLES = ("release", "llava")
+
+
+class BadRecord(Exception):
+    """A data record that cannot be used: ``record_id`` (str) and a human-readable ``reason``."""
+
+    def __init__(self, record_id: str, reason: str):
+        super().__init__(record_id, reason)  # both in args, so it pickles across workers
+        self.record_id, self.reason = record_id, reason
+
+    def __str__(self) -> str:
+        return f"record {self.record_id!r}: {self.reason}"
+
+
+class Skip(NamedTuple):
+    """What the dataset returns instead of an item for a bad record (when not strict)."""
+
+    id: str
+    reason: str
+
+
+# ---------------------------------------------------------------- text -> ids, labels
+def image_token_id(tokenizer) -> int:
+    """Id of ``"<image>"``; ValueError if the tokenizer does not know it as one token."""
+    ids = tokenizer(IMAGE_TOKEN, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"tokenizer splits {IMAGE_TOKEN!r} into {len(ids)} ids; "
+                         "load it with minijarvis.tokenizer.load_tokenizer")
+    return ids[0]
+
+
+def _tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_caption(tokenizer, caption: str, plain_style: str = "release") -> tuple[list[int], list[int]]:
+    """Stage-1 plain template -> (ids, labels), labels = ids on the caption, -100 elsewhere.
+
+    ``"release"`` (JARVIS, default): ``[<image>] + caption`` (no BOS, no EOS, no newline).
+    ``"llava"`` (LLaVA's ``preprocess_plain``, separator "\\n"): ``[BOS, <image>] + caption + "\\n"``,
+    the newline labelled (it plays the EOS role); BOS omitted if the tokenizer has none.
+    """
+    if plain_style not in PLAIN_STYLES:
+        raise ValueError(f"plain_style must be one of {PLAIN_STYLES}, got {plain_style!r}")
+    if not caption.strip():
+        raise ValueError("empty caption")
+    prefix = [image_token_id(tokenizer)]
+    if plain_style == "llava":
+        prefix = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + prefix
+        caption = caption + "\n"
+    text = _tokens(tokenizer, caption)
+    return prefix + text, [IGNORE_INDEX] * len(prefix) + text
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+def _suffix(tokenizer, shorter: str, longer: str, turn: int) -> str:
+    """``longer`` minus its prefix ``shorter``; the template must be prefix-stable."""
+    if not longer.startswith(shorter):
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} is not prefix-stable at message "
+            f"{turn}: rendering fewer messages does not give a prefix of rendering more. "
+            "Segment-by-segment label masking needs a prefix-stable template (templates that "
+            "move the system prompt into the last user turn are not); set tokenizer.chat_template")
+    return longer[len(shorter):]
+
+
+def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int], list[int]]:
+    """Stage-2 chat template -> (ids, labels); labels = ids on each assistant turn's content and
+    its end-of-turn marker (the last special token of the turn), -100 elsewhere.
+
+    ``conversations``: LLaVA turns ``{"from": "human"|"gpt", "value": str}``, starting with a
+    human turn. Each message's segment is the render of messages[:i+1] minus the render of
+    messages[:i], tokenized alone with ``add_special_tokens=False``; an assistant segment is
+    split at the generation-prompt header (unlabelled). Text the template appends after the
+    end marker (e.g. "\\n") is not labelled: the model stops at the marker.
+    """
+    if not conversations or conversations[0].get("from") != "human":
+        raise ValueError("a conversation must be a non-empty list starting with a human turn")
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat_template; set one")
+    if any(t.get("from") not in ROLES or not isinstance(t.get("value"), str) for t in conversations):
+        raise ValueError('every turn needs "from" in human|gpt and a string "value"')
+    messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in conversations]
+    special = set(tokenizer.all_special_ids) - {image_token_id(tokenizer)}
+    ids, labels, prev = [], [], ""
+    for i, message in enumerate(messages):
+        full = _render(tokenizer, messages[: i + 1])
+        if message["role"] != "assistant":
+            seg = _tokens(tokenizer, _suffix(tokenizer, prev, full, i))
+            ids += seg
+            labels += [IGNORE_INDEX] * len(seg)
+        else:
+            if not message["content"].strip():
+                raise ValueError(f"empty assistant text in turn {i}")
+            header = _render(tokenizer, messages[:i], generation_prompt=True)
+            head = _tokens(tokenizer, _suffix(tokenizer, prev, header, i))
+            body = _tokens(tokenizer, _suffix(tokenizer, header, full, i))
+            ends = [k for k, t in enumerate(body) if t in special]
+            n = ends[-1] + 1 if ends else len(body)
+            ids += head + body
+            labels += [IGNORE_INDEX] * len(head) + body[:n] + [IGNORE_INDEX] * (len(body) - n)
+        prev = full
+    if all(label == IGNORE_INDEX for label in labels):
+        raise ValueError("conversation has no assistant turn")
+    n_text = sum(t["value"].count(IMAGE_TOKEN) for t in conversations)
+    if ids.count(image_token_id(tokenizer)) != n_text:
+        raise ValueError(f"{n_text} {IMAGE_TOKEN!r} in the text did not become as many ids")
+    return ids, labels
+
+
+def encode_prompt(tokenizer, question: str, has_image: bool = True) -> list[int]:
+    """Ids of one user message + generation prompt (chat template), for eval-time generation.
+    With ``has_image`` the question gets a leading ``"<image>\\n"`` unless it has one already."""
+    if has_image and IMAGE_TOKEN not in question:
+        question = IMAGE_TOKEN + "\n" + question
+    if not has_image and IMAGE_TOKEN in question:
+        raise ValueError(f"has_image=False but the question contains {IMAGE_TOKEN!r}")
+    return _tokens(tokenizer, _render(tokenizer, [{"role": "user", "content": question}], True))
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end a generated assistant turn: the template's end-of-turn marker (the last
+    labelled id of a one-turn reply, if special) then eos. Builtin: [<|end|>, </s>]."""
+    _, labels = encode_conversation(tokenizer, [{"from": "human", "value": "Hi"},
+                                                {"from": "gpt", "value": "Hello"}])
+    last = [label for label in labels if label != IGNORE_INDEX][-1]
+    out = [last] if last in tokenizer.all_special_ids else []
+    eos = tokenizer.eos_token_id
+    return out + ([eos] if eos is not None and eos not in out else [])
+
+
+def truncate_spliced(ids: list[int], labels: list[int], max_length: int, num_visual: int,
+                     image_id: int) -> tuple[list[int], list[int]]:
+    """Cut the text end so that the spliced length (text - 1 + num_visual per image token) is
+    <= max_length. ValueError (with the reason) if the image token itself would be cut or if
+    no label survives."""
+    extra = (num_visual - 1) * ids.count(image_id)
+    if len(ids) + extra <= max_length:
+        return ids, labels
+    keep = max_length - extra
+    if image_id in ids and ids.index(image_id) >= keep:
+        raise ValueError(f"the image placeholder (text token {ids.index(image_id)}) ends past "
+                         f"max_length={max_length} once expanded to {num_visual} slots")
+    ids, labels = ids[:keep], labels[:keep]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(f"no supervised token left after truncation to max_length={max_length}")
+    return ids, labels
+
+
+# ---------------------------------------------------------------- images
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any PIL mode -> RGB. 16/32-bit grayscale is rescaled (PIL's own convert would clip it
+    to white); transparency is composited on ``background`` (transparent = no content, like
+    the padding), where LLaVA's plain ``convert("RGB")`` would expose hidden colours."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(a / scale * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info or img.mode in (
+            "LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        out = Image.new("RGB", img.size, background)
+        out.paste(img, mask=img.getchannel("A"))
+        return out
+    return img.convert("RGB")
+
+
+def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """LLaVA's "pad": the image centred on a square canvas of side max(w, h) in ``background``."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), background)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
+    """Path or PIL image -> float [3, size, size] in [0, 1].
+
+    ``aspect="pad"``: :func:`expand2square` in the encoder's mean colour ``int(m * 255)`` (LLaVA),
+    then bicubic resize; ``"resize"``: bicubic resize straight to size x size (distorts).
+    A missing or undecodable file raises :class:`BadRecord` (id = ``record_id`` or the path).
+    """
+    if aspect not in ("pad", "resize"):
+        raise ValueError(f"aspect must be 'pad' or 'resize', got {aspect!r}")
+    background = tuple(int(m * 255) for m in mean)
+    rid = record_id or str(src)
+    if isinstance(src, Image.Image):
+        rgb = _to_rgb(src, background)
+    else:
+        try:
+            with Image.open(src) as f:
+                f.load()  # decode now: truncated/corrupt files fail here, not later
+                rgb = _to_rgb(f, background)
+        except FileNotFoundError:
+            raise BadRecord(rid, f"image file not found: {src}") from None
+        except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
+            raise BadRecord(rid, f"cannot decode image {src}: {type(e).__name__}: {e}") from None
+    if aspect == "pad":
+        rgb = expand2square(rgb, background)
+    rgb = rgb.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+
+
+# ---------------------------------------------------------------- records
+def _record_id(record, index: int) -> str:
+    if isinstance(record, dict) and record.get("id") is not None:
+        return str(record["id"])
+    return f"#{index}"
+
+
+def read_llava_json(path) -> list[dict]:
+    """A LLaVA JSON file (a list of objects) -> records, each ``id`` as str (the 665k file mixes
+    ints and strings; a record without id gets ``"#<index>"``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LLaVA data file not found: {path}")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
+                         f"{e.colno} (char {e.pos})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: record {i} is a {type(record).__name__}, not an object")
+        record["id"] = _record_id(record, i)
+    return records
+
+
+def _prepare(record, rid: str, stage: str, folder: str):
+    """Structural checks (no I/O) -> (caption str | LLaVA turns, image path | None).
+
+    Raises BadRecord. A record with an image but no ``<image>`` in its text gets ``"<image>\\n"``
+    prepended to the first human turn; an existing one is moved to the front of its turn as
+    ``"<image>\\n"`` (LLaVA's ``preprocess_multimodal``). A leading gpt turn is dropped (LLaVA).
+    """
+    if not isinstance(record, dict):
+        raise BadRecord(rid, "record is not a JSON object")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise BadRecord(rid, 'no "conversations" list')
+    for j, t in enumerate(turns):
+        if not (isinstance(t, dict) and t.get("from") in ROLES and isinstance(t.get("value"), str)):
+            raise BadRecord(rid, f"turn {j} is malformed: needs from=human|gpt and a string value")
+    rel, path = record.get("image"), None
+    n_image = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
+    if rel is not None:
+        if not isinstance(rel, str) or not rel:
+            raise BadRecord(rid, f"image must be a non-empty relative path, got {rel!r}")
+        # Lexical check, not resolve(): LLaVA's image folders often hold symlinked subfolders.
+        path = os.path.normpath(os.path.join(folder, rel))
+        if os.path.isabs(rel) or os.path.commonpath([path, folder]) != folder:
+            raise BadRecord(rid, f"image path {rel!r} escapes the image folder {folder}")
+        if n_image > 1:
+            raise BadRecord(rid, f"{n_image} {IMAGE_TOKEN} tokens; one image per record is supported")
+    elif n_image:
+        raise BadRecord(rid, f"text contains {IMAGE_TOKEN} but the record has no image")
+    if stage == "align":
+        if path is None:
+            raise BadRecord(rid, "stage 'align' needs an image")
+        caption = next((t["value"] for t in turns if t["from"] == "gpt"), "")
+        if not caption.strip():
+            raise BadRecord(rid, "empty caption")
+        return caption, path
+    if turns[0]["from"] == "gpt":
+        turns = turns[1:]
+    if any(t["from"] != ("human", "gpt")[j % 2] for j, t in enumerate(turns)):
+        raise BadRecord(rid, "turns do not alternate human, gpt, human, ...")
+    if not any(t["from"] == "gpt" for t in turns):
+        raise BadRecord(rid, "no gpt turn to learn from")
+    for j, t in enumerate(turns):
+        if t["from"] == "gpt" and not t["value"].strip():
+            raise BadRecord(rid, f"empty assistant text in turn {j}")
+    turns = [dict(t) for t in turns]
+    if path is not None:
+        k = next((j for j, t in enumerate(turns) if IMAGE_TOKEN in t["value"]), 0)
+        turns[k]["value"] = IMAGE_TOKEN + "\n" + turns[k]["value"].replace(IMAGE_TOKEN, "").strip()
+    return turns, path
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """LLaVA JSON records -> dict(input_ids Long[T], labels Long[T], image float[3,S,S] | None,
+    id str), or :class:`Skip` for a bad record (``strict=True``: raise :class:`BadRecord`).
+
+    Records failing the structural checks are dropped at construction (``strict``: raise);
+    ``problems`` lists them as (id, reason) and ``num_invalid`` counts them; ``len`` counts the
+    rest. Image and length problems surface when an item is loaded. ``num_visual`` = H*W.
+    """
+
+    def __init__(self, records_or_path, image_folder, tokenizer, *, stage: str, image_size: int,
+                 image_mean, aspect: str = "pad", max_length: int, num_visual: int,
+                 strict: bool = False, plain_style: str = "release"):
+        if stage not in ("align", "finetune"):
+            raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
+        if not 0 < num_visual < max_length:
+            raise ValueError(f"need 0 < num_visual < max_length, got {num_visual} and {max_length}")
+        if aspect not in ("pad", "resize") or plain_style not in PLAIN_STYLES:
+            raise ValueError(f"aspect must be pad|resize and plain_style one of {PLAIN_STYLES}")
+        if isinstance(records_or_path, (str, Path)):
+            records_or_path = read_llava_json(records_or_path)
+        self.records = records_or_path
+        self.ids = [_record_id(r, i) for i, r in enumerate(self.records)]
+        self.image_folder = os.path.normpath(os.path.abspath(image_folder))
+        self.tokenizer, self.stage, self.strict = tokenizer, stage, strict
+        self.image_size, self.image_mean, self.aspect = image_size, tuple(image_mean), aspect
+        self.max_length, self.num_visual, self.plain_style = max_length, num_visual, plain_style
+        self.image_id = image_token_id(tokenizer)
+        self.valid, self.problems = [], []
+        for i, record in enumerate(self.records):
+            try:
+                _prepare(record, self.ids[i], stage, self.image_folder)
+                self.valid.append(i)
+            except BadRecord as e:
+                if strict:
+                    raise
+                self.problems.append((e.record_id, e.reason))
+
+    @property
+    def num_invalid(self) -> int:
+        return len(self.problems)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def __getitem__(self, index: int):
+        i = self.valid[index]
+        try:
+            return self._load(self.records[i], self.ids[i])
+        except BadRecord as e:
+            if self.strict:
+                raise
+            return Skip(e.record_id, e.reason)
+
+    def _load(self, record, rid: str) -> dict:
+        payload, path = _prepare(record, rid, self.stage, self.image_folder)
+        if self.stage == "align":
+            ids, labels = encode_caption(self.tokenizer, payload, self.plain_style)
+        else:
+            ids, labels = encode_conversation(self.tokenizer, payload)
+        try:
+            ids, labels = truncate_spliced(ids, labels, self.max_length, self.num_visual,
+                                           self.image_id)
+        except ValueError as e:
+            raise BadRecord(rid, str(e)) from None
+        image = None if path is None else load_image(path, self.image_size, self.image_mean,
+                                                     self.aspect, record_id=rid)
+        return dict(input_ids=torch.tensor(ids, dtype=torch.long),
+                    labels=torch.tensor(labels, dtype=torch.long), image=image, id=rid)
+
+
+# ---------------------------------------------------------------- batches
+def collate(items: list, pad_id: int, image_size: int | None = None) -> dict:
+    """Items (dicts or Skip) -> batch for ``JarvisModel.forward``:
+
+    input_ids Long[B,T] right-padded with ``pad_id``; labels Long[B,T] padded with -100;
+    attention_mask Long[B,T] (1 = real token); images float[B,3,S,S] (zeros for text-only rows;
+    None if no row has an image and ``image_size`` is not given); has_image bool[B];
+    ids list[str]; skipped list[(id, reason)]. If every item is a Skip the batch is
+    ``{"skipped": [...]}`` alone (no "input_ids"): the caller counts it and moves on.
+    """
+    skipped = [(s.id, s.reason) for s in items if isinstance(s, Skip)]
+    good = [x for x in items if not isinstance(x, Skip)]
+    if not good:
+        return {"skipped": skipped}
+    lengths = torch.tensor([len(x["input_ids"]) for x in good])
+    input_ids = pad_sequence([x["input_ids"] for x in good], batch_first=True, padding_value=pad_id)
+    labels = pad_sequence([x["labels"] for x in good], batch_first=True, padding_value=IGNORE_INDEX)
+    attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
+    has_image = torch.tensor([x["image"] is not None for x in good], dtype=torch.bool)
+    real = [x["image"] for x in good if x["image"] is not None]
+    images = None
+    if real or image_size is not None:
+        shape = real[0].shape if real else (3, image_size, image_size)
+        images = torch.zeros(len(good), *shape)
+        if real:
+            images[has_image] = torch.stack(real)
+    return dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask, images=images,
+                has_image=has_image, ids=[x["id"] for x in good], skipped=skipped)
+
+
+def make_collate(pad_id: int, image_size: int | None = None):
+    """``collate`` with its settings bound (a picklable partial, fine for DataLoader workers)."""
+    return functools.partial(collate, pad_id=pad_id, image_size=image_size)
+
+
+def format_skips(skipped: list[tuple[str, str]], limit: int = 5) -> str:
+    """One line for logs: ``skipped N records: 'id' (reason); ... and K more``."""
+    shown = "; ".join(f"{rid!r} ({reason})" for rid, reason in skipped[:limit])
+    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"skipped {len(skipped)} records: {shown}{more}"

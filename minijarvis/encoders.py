@@ -1,0 +1,165 @@
+"""Frozen timm vision encoders: context encoder F_ctx and target encoder F_tgt.
+
+F_ctx (DESIGN.md §1): output of the penultimate block, no final norm, prefix tokens (CLS,
+registers) dropped. F_tgt (§2.1): last layer with its final norm, prefix tokens dropped, run at
+F_ctx's resolution and resized bilinearly to F_ctx's grid if the grids differ. Both take the
+same image in [0,1] and normalise it with their own mean/std; both are frozen (no grad, eval).
+Weights: random (offline default), timm hub (``pretrained=True``), or a local file
+(``weights=path``, loaded through timm: key conversion and pos-embed resampling apply).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+FEATURES = ("penultimate", "last")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+class VisionEncoder(nn.Module):
+    """A frozen timm ViT-style encoder that returns patch tokens [B, H*W, D] in raster order.
+
+    ``features="penultimate"``: output of block[-2], no final norm (LLaVA / F_ctx).
+    ``features="last"``: final-normed output of the last block, no head or pooling (F_tgt).
+    ``out_grid``: resize the token map bilinearly to this (H, W) if it differs from the
+    encoder's own grid. Extra ``timm_kwargs`` go to ``timm.create_model`` (e.g. depth).
+
+    Attributes: ``image_size`` (square input side), ``grid`` (H, W) of the returned tokens,
+    ``native_grid`` (own grid at ``image_size``), ``mean``/``std`` (timm data config), ``dim``
+    (D), ``num_prefix_tokens``, ``name``, ``features``.
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, weights: str = "",
+                 img_size: int | None = None, *, features: str = "penultimate",
+                 out_grid: tuple[int, int] | None = None, **timm_kwargs):
+        super().__init__()
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {', '.join(FEATURES)}; got {features!r}")
+        if img_size is not None:
+            timm_kwargs["img_size"] = img_size
+        self.model = _create_model(name, pretrained, weights, timm_kwargs)
+        if not (hasattr(self.model, "patch_embed") and hasattr(self.model, "forward_intermediates")):
+            raise ValueError(f"{name}: only ViT-style timm encoders (patch_embed + "
+                             "forward_intermediates) are supported")
+        if features == "penultimate" and len(self.model.blocks) < 2:
+            raise ValueError(f"{name}: penultimate-block features need depth >= 2")
+        self.model.requires_grad_(False)
+        self.model.eval()
+        height, width = self.model.patch_embed.img_size  # an img_size override shows here only
+        if height != width:
+            raise ValueError(f"{name}: only square inputs are supported, got {height}x{width}")
+        data_cfg = timm.data.resolve_model_data_config(self.model)
+        self.name, self.features, self.image_size = name, features, int(height)
+        self.mean = tuple(float(v) for v in data_cfg["mean"])
+        self.std = tuple(float(v) for v in data_cfg["std"])
+        self.dim = int(self.model.num_features)
+        self.num_prefix_tokens = int(self.model.num_prefix_tokens)
+        self.native_grid = tuple(int(v) for v in self.model.patch_embed.grid_size)
+        self.grid = tuple(int(v) for v in out_grid) if out_grid is not None else self.native_grid
+
+    def train(self, mode: bool = True) -> "VisionEncoder":
+        """Stay in eval whatever the parent asks: a frozen encoder never enables dropout."""
+        return super().train(mode)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B,3,S,S] in [0,1], S = image_size -> features [B, H*W, D], detached.
+
+        Runs in the encoder's parameter dtype (autocast applies if active); returns the
+        autocast dtype under autocast, else the dtype of ``images``.
+        """
+        size = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"{self.name} expects images [B,3,{size},{size}], got {tuple(images.shape)}")
+        kind = images.device.type
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        out_dtype = torch.get_autocast_dtype(kind) if autocast else images.dtype
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        x = ((images.float() - mean) / std).to(next(self.model.parameters()).dtype)
+        if self.features == "penultimate":
+            # timm drops the prefix tokens here (return_prefix_tokens=False); stop_early skips
+            # the last block, whose output is never used.
+            (tokens,) = self.model.forward_intermediates(
+                x, indices=[-2], norm=False, output_fmt="NLC", intermediates_only=True,
+                stop_early=True)
+        else:
+            tokens = self.model.forward_features(x)[:, self.num_prefix_tokens:]
+        if self.grid != self.native_grid:
+            tokens = resize_token_grid(tokens, self.native_grid, self.grid)
+        return tokens.to(out_dtype)
+
+
+def resize_token_grid(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of raster tokens [B, h*w, D] on grid ``src`` = (h, w)
+    to [B, H*W, D] on grid ``dst`` = (H, W). Computed in float32; returns float32."""
+    batch, count, dim = tokens.shape
+    if count != src[0] * src[1]:
+        raise ValueError(f"{count} tokens do not form a {src[0]}x{src[1]} grid")
+    grid = tokens.float().reshape(batch, src[0], src[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(dst), mode="bilinear", align_corners=False)
+    return grid.flatten(2).transpose(1, 2)
+
+
+def build_context_encoder(cfg: ModelConfig) -> VisionEncoder:
+    """F_ctx from ``cfg.ctx_*``: penultimate block, no final norm, prefix tokens dropped."""
+    return VisionEncoder(cfg.ctx_encoder, cfg.ctx_pretrained, cfg.ctx_weights,
+                         features="penultimate", **cfg.ctx_kwargs)
+
+
+def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int]) -> VisionEncoder:
+    """F_tgt from ``cfg.tgt_*``, built to run at ``image_size`` (F_ctx's resolution); last layer
+    with its final norm, prefix tokens dropped, resized bilinearly to ``grid`` if needed."""
+    kwargs = dict(cfg.tgt_kwargs)
+    given = kwargs.pop("img_size", image_size)
+    if given not in (image_size, (image_size, image_size), [image_size, image_size]):
+        raise ValueError(f"tgt_kwargs img_size={given} conflicts with the context resolution "
+                         f"{image_size}: the target encoder always runs at the context resolution; "
+                         "drop img_size from tgt_kwargs")
+    return VisionEncoder(cfg.tgt_encoder, cfg.tgt_pretrained, cfg.tgt_weights, img_size=image_size,
+                         features="last", out_grid=grid, **kwargs)
+
+
+class _MissingKeys(logging.Handler):
+    """Collects timm's "Missing keys" log line. With num_classes=0 timm loads non-strictly and
+    reports missing keys only at INFO, so a file for another architecture would silently leave
+    random weights; we turn that into an error."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Missing keys"):
+            self.messages.append(record.getMessage())
+
+
+def _create_model(name: str, pretrained: bool, weights: str, kwargs: dict) -> nn.Module:
+    kwargs = dict(kwargs, num_classes=0)  # patch tokens only: no classifier head
+    if not weights:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights file not found: {path} (give a local "
+                                f"{'/'.join(WEIGHT_SUFFIXES)} file, or leave weights empty and set "
+                                "pretrained=True to download timm hub weights)")
+    logger, watch = logging.getLogger("timm.models._builder"), _MissingKeys()
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.INFO)
+    try:
+        model = timm.create_model(name, pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+    if watch.messages:
+        raise ValueError(f"{path} does not fit timm model {name}: {watch.messages[0][:300]}")
+    return model

@@ -1,0 +1,123 @@
+"""Inference: greedy generation and option scoring, with the training-time attention layout.
+
+Both build the prompt with the LLM's chat template (``data.encode_prompt``) and splice the
+image exactly as training does (``JarvisModel.prepare_inputs``), so a JARVIS model keeps its
+bidirectional visual attention at inference, as the release does.
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import encode_prompt
+
+
+def _batch(model, ids: list[list[int]], images: torch.Tensor | None, labels=None) -> dict:
+    """Right-padded batch of token rows (one image per row, or none)."""
+    bsz, longest = len(ids), max(len(r) for r in ids)
+    pad = model.tokenizer.pad_token_id or 0
+    input_ids = torch.full((bsz, longest), pad, dtype=torch.long)
+    attention = torch.zeros((bsz, longest), dtype=torch.long)
+    lab = torch.full((bsz, longest), -100, dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        attention[i, :len(row)] = 1
+        if labels is not None:
+            lab[i, :len(row)] = torch.tensor(labels[i])
+    device = next(model.proj.parameters()).device
+    has_image = images is not None
+    if images is None:
+        images = torch.zeros(bsz, 3, model.image_size, model.image_size)
+    return dict(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                labels=lab.to(device), images=images.to(device),
+                has_image=torch.full((bsz,), has_image, device=device))
+
+
+def _step_mask(x: dict, total: int, dtype) -> torch.Tensor:
+    """Mask for one decoding step: the new token sees every real earlier token."""
+    if x["mask"].dim() == 2:
+        return torch.ones(1, total, dtype=torch.long, device=x["embeds"].device)
+    return torch.zeros(1, 1, 1, total, dtype=dtype, device=x["embeds"].device)
+
+
+def _stop_ids(model) -> set[int]:
+    """Token ids that end an answer: the tokenizer's EOS, the end-of-turn marker of the
+    builtin chat template, and the LLM's own generation config (Gemma's <end_of_turn>...)."""
+    tok, gen = model.tokenizer, model.llm.generation_config
+    ids = {tok.eos_token_id, tok.get_vocab().get("<|end|>")}
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
+    return {i for i in ids if i is not None}
+
+
+@torch.no_grad()
+def generate(model, images: torch.Tensor | None, prompts: list[str],
+             max_new_tokens: int = 32) -> list[str]:
+    """Greedy decoding, one prompt at a time (no padding to get wrong), with a KV cache.
+
+    ``images``: float [B,3,S,S] in [0,1] at ``model.image_size`` (``data.load_image``), or
+    None for text-only prompts. Returns the decoded continuations without special tokens.
+    """
+    tok, llm = model.tokenizer, model.llm
+    eos = _stop_ids(model)
+    answers = []
+    for i, prompt in enumerate(prompts):
+        ids = encode_prompt(tok, prompt, has_image=images is not None)
+        x = model.prepare_inputs(_batch(model, [ids], None if images is None else images[i:i + 1]))
+        out = llm(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=True)
+        past, total, new = out.past_key_values, x["embeds"].shape[1], []
+        for _ in range(max_new_tokens):
+            nxt = int(out.logits[0, -1].float().argmax())
+            if nxt in eos:
+                break
+            new.append(nxt)
+            total += 1
+            emb = llm.get_input_embeddings()(torch.tensor([[nxt]], device=x["embeds"].device))
+            out = llm(inputs_embeds=emb, attention_mask=_step_mask(x, total, emb.dtype),
+                      past_key_values=past, use_cache=True)
+            past = out.past_key_values
+        answers.append(tok.decode(new, skip_special_tokens=True).strip())
+    return answers
+
+
+@torch.no_grad()
+def score_options(model, images: torch.Tensor | None, prompts: list[str],
+                  options: list[list[str]], normalize: bool = False) -> list[torch.Tensor]:
+    """Log-likelihood of each answer option after its prompt: one float tensor [n_options] per
+    prompt. ``normalize=True`` divides by the option's token count (length-fair scores)."""
+    tok = model.tokenizer
+    scores = []
+    for i, (prompt, opts) in enumerate(zip(prompts, options)):
+        head = encode_prompt(tok, prompt, has_image=images is not None)
+        rows, labels = [], []
+        for opt in opts:
+            tail = tok(opt, add_special_tokens=False)["input_ids"]
+            if not tail:
+                raise ValueError(f"option {opt!r} of prompt {i} tokenizes to nothing")
+            rows.append(head + tail)
+            labels.append([-100] * len(head) + tail)
+        img = None if images is None else images[i:i + 1].expand(len(opts), -1, -1, -1)
+        x = model.prepare_inputs(_batch(model, rows, img, labels))
+        logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
+        target = x["labels"][:, 1:]
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        keep = target != -100
+        total = (logp * keep).sum(1)
+        scores.append((total / keep.sum(1) if normalize else total).cpu())
+    return scores
+
+
+def to_block_mask(mask: torch.Tensor):
+    """A FlexAttention ``BlockMask`` from a dense bool mask [B,1,L,L] (True = may attend).
+
+    FlexAttention skips fully masked 128x128 blocks, so JARVIS's sparse layout costs less
+    than a dense additive mask. Forward works on CPU; the backward needs CUDA (DESIGN.md §5).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = mask[:, 0]
+    bsz, length = dense.shape[0], dense.shape[-1]
+
+    def mask_mod(b, h, q, kv):
+        return dense[b, q, kv]
+
+    return create_block_mask(mask_mod, bsz, None, length, length, device=mask.device)

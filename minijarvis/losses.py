@@ -1,0 +1,118 @@
+"""Losses of JARVIS stage 1 (DESIGN §2.5) and of the comparison rows (§3).
+
+* :func:`token_distance` - the one place where the per-token distances live;
+* :func:`jepa_loss` - L_JEPA: per target block, mean distance over its (sample, token)
+  pairs; then the mean over blocks (the release's averaging);
+* :func:`align_loss` - the same distance averaged over all (or some) visual slots, for the
+  ``nomask`` and ``viral`` rows;
+* :func:`ntp_loss` - next-token cross-entropy (L_NTP); it shifts the labels itself.
+
+Every loss is computed in float32, whatever the model dtype, and returns a 0-dim float32
+tensor. None of them detaches ``target``: the caller passes features of the frozen target
+encoder, computed without grad.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DISTANCES = ("cosine", "smooth_l1")
+
+
+def token_distance(pred: torch.Tensor, target: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
+    """Per-token distance [B, N] (float32) between pred and target features [B, N, D].
+
+    * ``"cosine"``: -cos(pred, target), in [-1, 1] (the release; -1 = same direction).
+    * ``"smooth_l1"``: I-JEPA's: smooth-L1 (beta = 1) between pred and
+      layer_norm(target) over the feature dim (no affine), averaged over the feature dim.
+      The normalisation makes the loss blind to a per-token shift and scale of the target.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if pred.dim() != 3 or pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must both be [B, N, D], got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    pred, target = pred.float(), target.float()
+    if distance == "cosine":
+        return -F.cosine_similarity(pred, target, dim=-1)
+    target = F.layer_norm(target, target.shape[-1:])
+    return F.smooth_l1_loss(pred, target, reduction="none", beta=1.0).mean(-1)
+
+
+def jepa_loss(
+    pred: torch.Tensor, target: torch.Tensor, targets: torch.Tensor, distance: str = "cosine"
+) -> torch.Tensor:
+    """L_JEPA: mean over target blocks of the mean distance inside the block.
+
+    Args:
+        pred: [B, N, D] predictions proj_tgt(h_j) at the N visual slots.
+        target: [B, N, D] target-encoder features at the same slots.
+        targets: bool [B, K, N], True = slot i of sample b lies in target block k (blocks may
+            overlap: a slot in two blocks counts in both).
+        distance: one of DISTANCES (see :func:`token_distance`).
+
+    For block k: sum_{b,i} d[b,i] * targets[b,k,i] / sum_{b,i} targets[b,k,i], i.e. one
+    mean over all samples' tokens of block k. Blocks with no token anywhere in the batch
+    are left out of the mean over blocks; with no token at all the loss is 0 (still
+    connected to ``pred``), never NaN.
+    """
+    if targets.dtype != torch.bool or targets.dim() != 3:
+        raise ValueError(f"targets must be a bool tensor [B, K, N], got {targets.dtype} {tuple(targets.shape)}")
+    if pred.dim() != 3 or targets.shape[0] != pred.shape[0] or targets.shape[2] != pred.shape[1]:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} must be [B, K, N] with [B, N] from pred {tuple(pred.shape)}"
+        )
+    d = token_distance(pred, target, distance)  # [B, N]
+    weights = targets.to(d.dtype)  # the mask as weights: all blocks at once, no loop over K
+    block_sum = torch.einsum("bn,bkn->k", d, weights)
+    block_count = weights.sum((0, 2))
+    present = (block_count > 0).to(d.dtype)  # an empty block must not give 0/0 = NaN
+    block_mean = block_sum / block_count.clamp(min=1)
+    return (block_mean * present).sum() / present.sum().clamp(min=1)
+
+
+def align_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, distance: str = "cosine"
+) -> torch.Tensor:
+    """Mean distance over the (sample, slot) pairs where ``mask`` is True (``nomask``/``viral`` rows).
+
+    pred, target: [B, N, D]; mask: bool [B, N] (None = every slot). An all-False mask gives
+    0 (connected to ``pred``), never NaN.
+    """
+    d = token_distance(pred, target, distance)
+    if mask is None:
+        return d.mean()
+    if mask.dtype != torch.bool or mask.shape != d.shape:
+        raise ValueError(
+            f"mask must be a bool tensor {tuple(d.shape)} or None, got {mask.dtype} {tuple(mask.shape)}"
+        )
+    weights = mask.to(d.dtype)
+    return (d * weights).sum() / weights.sum().clamp(min=1)
+
+
+def ntp_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """L_NTP: next-token cross-entropy, mean over supervised tokens, in float32.
+
+    Args:
+        logits: [B, L, V] LLM output at every position.
+        labels: [B, L] token ids aligned with the *input* (not yet shifted); ``ignore_index``
+            marks unsupervised positions (image slots, prompt, padding).
+
+    This function shifts: logits[:, t] predicts labels[:, t + 1]. The mean is over all
+    supervised tokens of the batch (not per sample). With no supervised token the loss is
+    exactly 0 with a (zero) gradient to ``logits``, never NaN.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits must be [B, L, V] and labels [B, L], got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point:
+        raise ValueError(f"labels must be integer token ids, got {labels.dtype}")
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(),
+                            ignore_index=ignore_index, reduction="sum")
+    count = (labels != ignore_index).sum()
+    return total / count.clamp(min=1)

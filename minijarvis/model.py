@@ -1,0 +1,285 @@
+"""The MLLM: F_ctx -> proj -> LLM, plus JARVIS's z, proj_tgt and F_tgt. One forward, every loss.
+
+Data flow of one stage-1 JARVIS step (DESIGN.md §2):
+
+    images --F_ctx--> [B,N,Dc] --proj--> [B,N,d]          N = H*W visual slots
+    masks  = MaskSampler(B)                                 context / target blocks per slot
+    slots  = target slots replaced by z (+ phi(i))          dropped slots keep their features
+    seq    = [text before image][N slots][caption][pad]     spliced at the <image> token
+    mask   = build_attention_mask(layout, ...)              the four rules, one forward pass
+    LLM(seq, mask) -> logits -> L_NTP ;  hook on layer j -> h_j -> proj_tgt -> L_JEPA vs F_tgt
+    loss   = L_NTP + L_JEPA   (with probability lambda: plain NTP on the unmasked image)
+
+Inference, checkpoints and the LLM factory live in ``inference.py`` and ``checkpoint.py``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attn_mask import build_attention_mask, to_additive
+from .config import MaskConfig, ModelConfig, default_jepa_layer
+from .encoders import build_context_encoder, build_target_encoder
+from .losses import align_loss, jepa_loss, ntp_loss
+from .masking import MaskSampler
+from .tokenizer import IMAGE_TOKEN, load_tokenizer
+from .checkpoint import build_llm
+
+
+def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """The paper's phi(i): 2D sine-cosine position code of each slot, [H*W, dim] (raster order).
+
+    Half the channels encode the row, half the column, each as [sin(p*w_k), cos(p*w_k)] with
+    w_k = 10000^(-k/(dim/4)) (the MAE / I-JEPA formula). ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position codes need a width divisible by 4, got {dim}")
+    h, w = grid
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+
+    def code(pos):  # [H*W] -> [H*W, dim/2]
+        angles = pos.reshape(-1, 1).double() * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([code(rows), code(cols)], dim=1).float()
+
+
+def splice_indices(input_ids: torch.Tensor, image_token_id: int, num_visual: int):
+    """Where each position of the spliced sequence comes from.
+
+    The single ``<image>`` token of a row becomes ``num_visual`` slots in place. Returns
+    ``(text_index, slot_index, is_visual, image_start, has_image, length)``: for every output
+    position p of row b, ``text_index[b, p]`` is the input position it copies (``-1`` past the
+    row's end), ``slot_index[b, p]`` the visual slot (valid where ``is_visual``). Rows without
+    an image are copied unchanged and padded at the end. All [B, L] tensors; no Python loops.
+    """
+    is_img = input_ids == image_token_id
+    counts = is_img.sum(1)
+    if (counts > 1).any():
+        raise ValueError("each row may hold at most one <image> token; found "
+                         f"{counts.max().item()} in one row")
+    has_image = counts == 1
+    bsz, t = input_ids.shape
+    length = t + num_visual - 1 if has_image.any() else t
+    p = torch.arange(length, device=input_ids.device).expand(bsz, length)
+    image_start = torch.where(has_image, is_img.float().argmax(1), length)  # length: never reached
+    start = image_start[:, None]
+    is_visual = (p >= start) & (p < start + num_visual)
+    text_index = torch.where(p < start, p, p - num_visual + 1)
+    text_index = torch.where(is_visual | (text_index >= t), -1, text_index)
+    slot_index = (p - start).clamp(0, num_visual - 1)
+    return text_index, slot_index, is_visual, image_start, has_image, length
+
+
+class JarvisModel(nn.Module):
+    """LLaVA-style MLLM with JARVIS's masked latent prediction (DESIGN.md §1–§3).
+
+    ``stage="align"``: trains ``proj`` (+ ``z``, ``proj_tgt``); ``stage="finetune"``: trains
+    ``proj`` and the LLM (+ ``proj_tgt`` for VIRAL). Encoders never train. The target encoder,
+    ``z`` and ``proj_tgt`` exist only where the method uses them (JARVIS/nomask in stage 1,
+    VIRAL in stage 2), so a stage-2 JARVIS checkpoint carries no trace of them.
+    """
+
+    def __init__(self, cfg: ModelConfig, mask_cfg: MaskConfig | None = None, stage: str = "align",
+                 tokenizer=None):
+        super().__init__()
+        cfg.validate()
+        if stage not in ("align", "finetune"):
+            raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
+        self.cfg, self.mask_cfg, self.stage = cfg, mask_cfg or MaskConfig(), stage
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.llm = build_llm(cfg)
+        self.context_encoder = build_context_encoder(cfg)
+        self.image_size = self.context_encoder.image_size
+        self.image_mean = self.context_encoder.mean
+        self.grid = tuple(self.context_encoder.grid)
+        self.num_visual = self.grid[0] * self.grid[1]
+        d_llm = self.llm.config.get_text_config().hidden_size
+        num_layers = self.llm.config.get_text_config().num_hidden_layers
+        self.proj = nn.Sequential(nn.Linear(self.context_encoder.dim, d_llm), nn.GELU(),
+                                  nn.Linear(d_llm, d_llm))
+        self.jepa_layer = cfg.jepa_layer or default_jepa_layer(num_layers, cfg.method)
+        if self.jepa_layer > num_layers:
+            raise ValueError(f"jepa_layer {self.jepa_layer} > the LLM's {num_layers} layers")
+        self.bidirectional_visual = cfg.resolved_bidirectional_visual()
+        self.target_encoder = self.proj_tgt = self.z = self.sampler = None
+        if self.uses_target_encoder:
+            self.target_encoder = build_target_encoder(cfg, self.image_size, self.grid)
+            d_tgt = self.target_encoder.dim
+            self.proj_tgt = nn.Sequential(nn.Linear(d_llm, d_tgt, bias=False), nn.GELU(),
+                                          nn.Linear(d_tgt, d_tgt, bias=False))
+        if cfg.method == "jarvis" and stage == "align":
+            self.z = nn.Parameter(torch.randn(d_llm) * 0.02)  # one learnable latent, N(0, 0.02)
+            self.sampler = MaskSampler(self.grid, **self.mask_cfg.sampler_kwargs())
+            if cfg.pos_embed:
+                self.register_buffer("phi", sincos_2d(self.grid, d_llm), persistent=False)
+        self.set_trainable()
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def uses_target_encoder(self) -> bool:
+        m = self.cfg.method
+        return (m in ("jarvis", "nomask") and self.stage == "align") or (
+            m == "viral" and self.stage == "finetune")
+
+    def set_trainable(self) -> None:
+        """Freezing per parameter group (DESIGN.md §2.7): encoders never train; the LLM trains
+        in stage 2 only; everything minijarvis adds (proj, z, proj_tgt) always trains."""
+        self.llm.requires_grad_(self.stage == "finetune")
+        for part in (self.proj, self.proj_tgt):
+            if part is not None:
+                part.requires_grad_(True)
+        if self.z is not None:
+            self.z.requires_grad_(True)
+
+    def enable_gradient_checkpointing(self) -> None:
+        # Non-reentrant: works with a frozen LLM and grad-requiring inputs_embeds (DESIGN.md §5),
+        # but only while the LLM is in train() mode, which JarvisModel.train() keeps.
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.llm.config.use_cache = False
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict, generator: torch.Generator | None = None,
+                run_jepa: bool | None = None) -> dict:
+        """One forward pass; returns ``loss``, ``ntp_loss``, the auxiliary loss and ``jepa_ran``.
+
+        ``batch`` as made by ``data.collate`` (see /README). ``generator`` drives the lambda draw
+        and the masks; seed it identically on every rank so all ranks take the same branch.
+        ``run_jepa`` overrides the lambda draw (True/False) for tests and tutorials.
+        """
+        images = batch["images"]
+        x = self.prepare_inputs(batch, generator, run_jepa)
+        jepa, layout, has_image, vis = x["jepa_ran"], x["layout"], x["has_image"], x["vis"]
+        h_j = {}
+        aux_name = {"jarvis": "jepa_loss", "nomask": "align_loss", "viral": "align_loss"}.get(
+            self.cfg.method)
+        want_h = self.proj_tgt is not None and (jepa or self.cfg.method != "jarvis")
+        hook = None
+        if want_h:
+            layer = self.llm.model.layers[self.jepa_layer - 1]  # h_j = output of layer j-1
+            hook = layer.register_forward_hook(lambda mod, inp, out: h_j.__setitem__("h", out))
+        try:
+            out = self.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+        result = {"ntp_loss": ntp_loss(out.logits, x["labels"]), "jepa_ran": jepa}
+        loss = result["ntp_loss"]
+        if want_h and has_image.any():
+            h = h_j["h"][0] if isinstance(h_j["h"], tuple) else h_j["h"]
+            idx = (x["image_start"].clamp(max=x["embeds"].shape[1] - self.num_visual)[:, None]
+                   + torch.arange(self.num_visual, device=h.device))
+            pred = self.proj_tgt(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
+            target = self.target_encoder(images)
+            if jepa:
+                aux = jepa_loss(pred, target, layout.targets, self.cfg.jepa_distance)
+            else:
+                aux = align_loss(pred, target, has_image[:, None].expand(-1, self.num_visual),
+                                 self.cfg.jepa_distance)
+            result[aux_name] = aux
+            loss = loss + aux
+        elif aux_name is not None:
+            result[aux_name] = None
+        if not has_image.all():
+            # Text-only rows: keep proj (and z) in the graph so DDP's reducer never waits forever.
+            loss = loss + 0.0 * vis.sum()
+        result["loss"] = loss
+        return result
+
+    def prepare_inputs(self, batch: dict, generator: torch.Generator | None = None,
+                       run_jepa: bool | None = False) -> dict:
+        """Splice the image into the sequence and build its attention mask.
+
+        Returns ``embeds`` [B,L,d], ``mask`` (2D padding mask, or additive 4D / BlockMask),
+        ``labels`` [B,L], ``image_start`` [B], ``has_image`` [B], ``vis`` (projected slots),
+        ``layout`` (the masks, or None) and ``jepa_ran``. ``run_jepa=None`` draws the lambda
+        coin from ``generator``; the default False gives the unmasked sequence (inference).
+        """
+        text_index, slot_index, is_visual, image_start, has_image, length = splice_indices(
+            batch["input_ids"], self.image_token_id, self.num_visual)
+        feats = self.context_encoder(batch["images"])
+        vis = self.proj(feats.to(self.proj[0].weight.dtype))  # [B,N,d]
+        jepa = self.sampler is not None and bool(has_image.all())
+        if jepa and run_jepa is None:
+            draw = torch.rand((), generator=generator)
+            jepa = bool(draw >= self.cfg.jepa_lambda)  # with probability lambda: skip JEPA
+        elif jepa:
+            jepa = bool(run_jepa)
+        layout = None
+        if jepa:
+            layout = self.sampler(batch["input_ids"].shape[0], generator=generator).to(vis.device)
+            latent = self.z + self.phi if self.cfg.pos_embed else self.z
+            vis = torch.where(layout.target_union[..., None], latent.to(vis.dtype), vis)
+        embeds, padding, labels = self._splice(batch, vis, text_index, slot_index, is_visual)
+        mask = self._attention_mask(layout, image_start, length, padding, embeds.dtype)
+        return dict(embeds=embeds, mask=mask, labels=labels, padding=padding, vis=vis,
+                    image_start=image_start, has_image=has_image, layout=layout, jepa_ran=jepa)
+
+    def _splice(self, batch, vis, text_index, slot_index, is_visual):
+        """Token embeddings with the visual slots spliced in; padding and labels to match."""
+        input_ids = batch["input_ids"]
+        safe_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
+        tok = self.llm.get_input_embeddings()(safe_ids)  # Gemma2 scales inside; image slots not
+        gather_text = text_index.clamp(min=0)
+        text = tok.gather(1, gather_text[..., None].expand(-1, -1, tok.shape[-1]))
+        visual = vis.gather(1, slot_index[..., None].expand(-1, -1, vis.shape[-1]))
+        embeds = torch.where(is_visual[..., None], visual.to(text.dtype), text)
+        real = batch["attention_mask"].bool().gather(1, gather_text) & (text_index >= 0)
+        padding = real | is_visual
+        labels = batch["labels"].gather(1, gather_text).masked_fill(~real, -100)
+        return embeds, padding, labels
+
+    def _attention_mask(self, layout, image_start, length, padding, dtype):
+        """Additive 4D mask for JARVIS or bidirectional-visual steps; the plain 2D padding mask
+        (the HF causal path, as LLaVA's release runs) otherwise."""
+        has = image_start < length
+        if layout is None and not (self.bidirectional_visual and has.any()):
+            return padding.long()
+        starts = torch.where(has, image_start, 0)  # text-only rows: no span
+        if layout is None:
+            mask = build_attention_mask(None, starts, length, padding, num_visual=self.num_visual,
+                                        bidirectional_visual=True)
+            if not has.all():  # rows without an image stay purely causal
+                causal = build_attention_mask(None, starts, length, padding)
+                mask = torch.where(has[:, None, None, None], mask, causal)
+        else:
+            mask = build_attention_mask(layout, starts, length, padding)
+        if self.cfg.llm_attn == "flex_attention":
+            from .inference import to_block_mask
+            return to_block_mask(mask)
+        return to_additive(mask, _mask_dtype(dtype, padding.device))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for enc in (self.context_encoder, self.target_encoder):
+            if enc is not None:
+                enc.eval()  # frozen encoders never leave eval mode
+        return self
+
+    # Inference and checkpoints, implemented beside (short files, one concern each).
+    def generate(self, images, prompts, max_new_tokens: int = 32):
+        from .inference import generate
+        return generate(self, images, prompts, max_new_tokens)
+
+    def score_options(self, images, prompts, options, normalize: bool = False):
+        from .inference import score_options
+        return score_options(self, images, prompts, options, normalize)
+
+    def save_checkpoint(self, directory, **configs):
+        from .checkpoint import save_checkpoint
+        return save_checkpoint(self, directory, **configs)
+
+    @classmethod
+    def from_checkpoint(cls, directory, stage: str | None = None, **overrides):
+        from .checkpoint import load_checkpoint
+        return load_checkpoint(cls, directory, stage, **overrides)
+
+
+def _mask_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype attention will run in: autocast's if active, else the embeddings'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype

@@ -1,0 +1,184 @@
+"""What a training run needs around the model: processes, schedule, resumable state, logs.
+
+* :func:`dist_info` / :func:`print0`: one helper for (is_distributed, rank, local_rank,
+  world_size, device), nanochat-style; torchrun sets the environment, NCCL on CUDA, gloo on CPU.
+* :func:`cosine_lr`: LLaVA's cosine schedule with linear warm-up, as a pure function.
+* :func:`save_trainer_state` / :func:`load_trainer_state`: optimizer, scheduler, step, data
+  position and every RNG, as safetensors + JSON (no pickle), so a resumed run is exact.
+* :func:`write_dir_atomically`: a checkpoint directory appears whole or not at all.
+* :func:`plot_log`: the loss curves of a JSONL log as a PNG.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    distributed: bool
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+
+def dist_info() -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun; describe this process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return DistInfo(world > 1, rank, local, world, device)
+
+
+def print0(*args, **kwargs) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup_ratio: float = 0.03) -> float:
+    """Learning rate at optimizer step ``step`` (0-based) of ``total``: linear warm-up over
+    ceil(warmup_ratio * total) steps, then cosine decay to 0 (HF's cosine schedule, as LLaVA)."""
+    warmup = math.ceil(warmup_ratio * total)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------- resumable state
+def rng_state(mask_generator: torch.Generator) -> tuple[dict, dict]:
+    """(tensors, json) holding every random state a run consumes."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.mask": mask_generator.get_state()}
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    py = random.getstate()
+    npy = np.random.get_state()
+    meta = {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict, meta: dict, mask_generator: torch.Generator) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    mask_generator.set_state(tensors["rng.mask"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def save_trainer_state(directory: Path, optimizer_state: dict, progress: dict,
+                       mask_generator: torch.Generator) -> None:
+    """Optimizer state (flattened to safetensors), progress (step, data position, ...) and RNGs."""
+    tensors, meta = rng_state(mask_generator)
+    scalars = {}
+    for pid, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    save_file(tensors, str(directory / "trainer.safetensors"))
+    payload = {"progress": progress, "rng": meta, "optim_scalars": scalars,
+               "param_groups": optimizer_state["param_groups"]}
+    (directory / "trainer.json").write_text(json.dumps(payload, indent=1))
+
+
+def load_trainer_state(directory: Path, mask_generator: torch.Generator) -> tuple[dict, dict]:
+    """Inverse of :func:`save_trainer_state`: returns (optimizer_state, progress); restores RNGs."""
+    tensors = load_file(str(directory / "trainer.safetensors"))
+    payload = json.loads((directory / "trainer.json").read_text())
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in payload["optim_scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    set_rng_state(tensors, payload["rng"], mask_generator)
+    return {"state": state, "param_groups": payload["param_groups"]}, payload["progress"]
+
+
+@contextmanager
+def write_dir_atomically(final: Path):
+    """Yield a temporary directory; on success it replaces ``final`` in two renames, so a crash
+    at any moment leaves either the old checkpoint or the new one, never half of one."""
+    final = Path(final)
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(final: Path) -> None:
+    """Finish an interrupted :func:`write_dir_atomically` (crash between its two renames)."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        old.rename(final)
+
+
+# ----------------------------------------------------------------- logs
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def read_log(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (a resumed run rewrites what came after)."""
+    rows = [r for r in read_log(path) if r.get("step", 0) <= step]
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
+    """Loss curves (total, NTP, JEPA/alignment) against the optimizer step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_log(log_path) if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for key in ("loss", "ntp_loss", "jepa_loss", "align_loss"):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=key.replace("_", " "))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""ShapesBench: a CV-Bench-style multiple-choice benchmark on the synthetic scenes of `minijarvis.shapes`.
+
+CV-Bench's four tasks, with the same question wording (objects are named by their unique colour+kind
+instead of highlighted by boxes):
+
+    Count    (2D)  How many cubes / red objects are in the image?           4 choices
+    Relation (2D)  where is A with respect to B? left/right or above/below  2 choices, image coordinates
+    Depth    (3D)  Which object is closer to the camera, A or B?            2 choices, camera depth z
+    Distance (3D)  Which object is closer to C, A or B?                     2 choices, 3D ground distance
+
+Every answer is unambiguous by construction: relations need bbox centres >= RELATION_MARGIN apart,
+depths differ by a ratio >= DEPTH_RATIO, distances by a ratio >= DISTANCE_RATIO, and counted objects
+keep >= COUNT_MIN_VISIBLE of their bbox unoccluded. The correct letter is assigned round-robin over the
+choices, so answers are balanced over letters for every task. Scenes come from the "bench" seed range
+of `scene_seed`, disjoint from the training data's. No training caption mentions a count, a relation
+or depth, so these questions cannot be answered by reading captions.
+
+    from minijarvis.shapesbench import shapes_bench, write_bench_jsonl
+    items = shapes_bench(n_per_task=100)                 # list of dicts with PIL images
+    write_bench_jsonl("data/shapesbench", n_per_task=100)  # test.jsonl + img/, CV-Bench's file layout
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from minijarvis.shapes import COLORS, DEFAULT_IMAGE_SIZE, KINDS, Scene, render, sample_scene, scene_seed
+
+TASKS = ("Count", "Relation", "Depth", "Distance")
+TASK_TYPE = {"Count": "2D", "Relation": "2D", "Depth": "3D", "Distance": "3D"}
+LETTERS = "ABCDEFGH"
+ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+RELATION_MARGIN = 0.15  # bbox-centre difference along the asked axis, in image fractions
+DEPTH_RATIO = 1.35  # farther z / nearer z
+DISTANCE_RATIO = 1.5  # farther 3D distance / nearer 3D distance to the reference object
+COUNT_MIN_VISIBLE = 0.6
+
+
+def bench_seed(task: str, index: int, seed: int = 0) -> int:
+    """Seed of item `index` of `task`: a scene_seed in the "bench" split (disjoint from training seeds)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not 0 <= index < 2**32:
+        raise ValueError(f"need 0 <= index < 2**32, got {index}")
+    return scene_seed("bench", TASKS.index(task) << 32 | index, seed)
+
+
+def format_prompt(question: str, choices: list[str]) -> str:
+    """'question\\n(A) x\\n(B) y\\nAnswer with the option's letter from the given choices directly.'"""
+    lines = [question] + [f"({LETTERS[k]}) {c}" for k, c in enumerate(choices)] + [ANSWER_INSTRUCTION]
+    return "\n".join(lines)
+
+
+def _distance(a, b) -> float:
+    return math.hypot(a.x - b.x, a.z - b.z)  # all objects stand on the ground with equal heights
+
+
+def _count(rng: np.random.Generator, answer: int):
+    """A scene with c objects of one kind (or colour) among distractors; choices are 4 consecutive counts
+    containing c, at a random offset, with c at `answer` and the others shuffled around it."""
+    n_extra = lambda c: int(rng.integers(int(c == 1), min(2, 6 - c) + 1))  # noqa: E731  2-6 objects in all
+    if rng.random() < 0.6:
+        kind = KINDS[rng.integers(len(KINDS))]
+        c = int(rng.integers(1, 6))  # unique colour+kind names allow up to len(COLORS) objects of one kind
+        others = [k for k in KINDS if k != kind]
+        target, question = (kind, None), f"How many {kind}s are in the image?"
+        extra = [(others[rng.integers(len(others))], None) for _ in range(n_extra(c))]
+    else:
+        color = list(COLORS)[rng.integers(len(COLORS))]
+        c = int(rng.integers(1, len(KINDS) + 1))
+        others = [k for k in COLORS if k != color]
+        target, question = (None, color), f"How many {color} objects are in the image?"
+        extra = [(None, others[rng.integers(len(others))]) for _ in range(n_extra(c))]
+    scene = sample_scene(rng, attrs=[target] * c + extra, min_visible=COUNT_MIN_VISIBLE)
+    lo = int(rng.integers(max(0, c - 3), c + 1))
+    rest = [str(v) for v in rng.permutation([v for v in range(lo, lo + 4) if v != c])]
+    return scene, question, rest[:answer] + [str(c)] + rest[answer:]
+
+
+def _relation(rng: np.random.Generator, answer: int, horizontal: bool):
+    choices = ["left", "right"] if horizontal else ["above", "below"]
+    axis, sign = (0 if horizontal else 1), (-1 if answer == 0 else 1)  # left/above: smaller u/v
+    while True:
+        scene = sample_scene(rng)
+        pairs = [(a, b) for a in scene.objects for b in scene.objects
+                 if sign * (a.center[axis] - b.center[axis]) >= RELATION_MARGIN]
+        if pairs:
+            a, b = pairs[rng.integers(len(pairs))]
+            return scene, (f"Considering the relative positions of the {a.name} and the {b.name} in the image "
+                           f"provided, where is the {a.name} located with respect to the {b.name}?"), choices
+
+
+def _depth(rng: np.random.Generator, answer: int):
+    while True:
+        scene = sample_scene(rng)
+        pairs = [(a, b) for a in scene.objects for b in scene.objects if b.z / a.z >= DEPTH_RATIO]
+        if pairs:
+            near, far = pairs[rng.integers(len(pairs))]
+            choices = [near.name, far.name] if answer == 0 else [far.name, near.name]
+            return scene, (f"Which object is closer to the camera taking this photo, the {choices[0]} "
+                           f"or the {choices[1]}?"), choices
+
+
+def _distance_task(rng: np.random.Generator, answer: int):
+    while True:
+        scene = sample_scene(rng, n_objects=int(rng.integers(3, 6)))
+        objs = scene.objects
+        triples = [(r, a, b) for r in objs for a in objs for b in objs if len({r, a, b}) == 3
+                   and _distance(b, r) >= DISTANCE_RATIO * _distance(a, r)]
+        if triples:
+            ref, near, far = triples[rng.integers(len(triples))]
+            choices = [near.name, far.name] if answer == 0 else [far.name, near.name]
+            return scene, (f"Estimate the real-world distances between objects in this image. Which object is "
+                           f"closer to the {ref.name}, the {choices[0]} or the {choices[1]}?"), choices
+
+
+def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+               render_image: bool = True) -> dict:
+    """Item `index` of `task`, deterministic per (task, index, seed). Keys: id, task, type, question,
+    choices, answer_index (int), answer ("(B)"), prompt, seed (of the item's generator), scene (Scene),
+    source, and image (PIL RGB; absent when render_image=False -- use render(item["scene"], size))."""
+    item_seed = bench_seed(task, index, seed)
+    rng = np.random.default_rng(item_seed)
+    n_choices = 4 if task == "Count" else 2
+    answer = index % n_choices  # round-robin: letters are balanced by construction
+    if task == "Count":
+        scene, question, choices = _count(rng, answer)
+    elif task == "Relation":
+        scene, question, choices = _relation(rng, answer, horizontal=(index // 2) % 2 == 0)
+    elif task == "Depth":
+        scene, question, choices = _depth(rng, answer)
+    else:
+        scene, question, choices = _distance_task(rng, answer)
+    item = {"id": f"shapesbench-{task.lower()}-{index:05d}", "task": task, "type": TASK_TYPE[task],
+            "question": question, "choices": choices, "answer_index": answer, "answer": f"({LETTERS[answer]})",
+            "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "source": "ShapesBench"}
+    if render_image:
+        item["image"] = render(scene, image_size)
+    return item
+
+
+def shapes_bench(n_per_task: int = 100, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+                 tasks=TASKS, render_image: bool = True) -> list[dict]:
+    """n_per_task items of each task, task by task (see bench_item). With n_per_task a multiple of 4,
+    every letter is correct equally often within each task."""
+    if n_per_task < 1:
+        raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")
+    return [bench_item(t, i, seed, image_size, render_image) for t in tasks for i in range(n_per_task)]
+
+
+def scene_to_dict(scene: Scene) -> dict:
+    """JSON-ready description of a scene (objects with world position, depth, bbox, visible fraction)."""
+    return {"ground": scene.ground, "objects": [
+        {"name": o.name, "kind": o.kind, "color": o.color, "x": o.x, "z": o.z, "bbox": list(o.bbox),
+         "visible": o.visible} for o in scene.objects]}
+
+
+def write_bench_jsonl(out_dir, n_per_task: int = 100, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE) -> Path:
+    """Export in CV-Bench's layout: out_dir/test.jsonl (one row per item: idx, type, task, image, question,
+    choices, answer "(C)", prompt, source "ShapesBench", plus seed and scene) and the PNGs under
+    out_dir/img/<type>/<task>/, paths relative to out_dir. Returns the path of test.jsonl."""
+    out = Path(out_dir)
+    rows = []
+    for idx, item in enumerate(shapes_bench(n_per_task, seed, image_size, render_image=False)):
+        rel = f"img/{item['type']}/{item['task'].lower()}/{item['id']}.png"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        render(item["scene"], image_size).save(out / rel, compress_level=1)
+        rows.append({"idx": idx, "type": item["type"], "task": item["task"], "image": rel, "filename": rel,
+                     "question": item["question"], "choices": item["choices"], "answer": item["answer"],
+                     "prompt": item["prompt"], "source": "ShapesBench", "seed": item["seed"],
+                     "scene": scene_to_dict(item["scene"])})
+    path = out / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,227 @@
+"""The MLLM: splicing, the four methods, the mask inside the real forward, gradients, checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minijarvis.attn_mask import build_attention_mask
+from minijarvis.model import JarvisModel, sincos_2d, splice_indices
+from conftest import SMALL_MASKS, make_batch, tiny_config
+
+
+def build(family="llama", layers=2, stage="align", tokenizer=None, **overrides):
+    torch.manual_seed(0)
+    return JarvisModel(tiny_config(family, layers, **overrides), SMALL_MASKS, stage, tokenizer)
+
+
+def test_splice_indices_places_slots_at_each_rows_image_token():
+    ids = torch.tensor([[7, 1, 2, 3], [4, 5, 7, 6], [8, 9, 10, 11]])
+    text, slot, vis, start, has, length = splice_indices(ids, image_token_id=7, num_visual=3)
+    assert length == 6 and start[:2].tolist() == [0, 2] and has.tolist() == [True, True, False]
+    assert vis[0].tolist() == [True, True, True, False, False, False]
+    assert text[0].tolist() == [-1, -1, -1, 1, 2, 3], "text after the image shifts by N-1"
+    assert vis[1].tolist() == [False, False, True, True, True, False]
+    assert text[1].tolist() == [0, 1, -1, -1, -1, 3] and slot[1, 2:5].tolist() == [0, 1, 2]
+    assert text[2].tolist() == [0, 1, 2, 3, -1, -1], "a text-only row is copied, then padded"
+    with pytest.raises(ValueError, match="at most one"):
+        splice_indices(torch.tensor([[7, 7]]), 7, 3)
+
+
+def test_jarvis_step_trains_proj_z_proj_tgt_through_frozen_llm(tokenizer):
+    model = build(tokenizer=tokenizer).train()
+    out = model(make_batch(model), run_jepa=True)
+    assert out["jepa_ran"] and torch.isfinite(out["loss"]) and torch.isfinite(out["jepa_loss"])
+    assert torch.allclose(out["loss"], out["ntp_loss"] + out["jepa_loss"])
+    out["loss"].backward()
+    for name in ("proj.0.weight", "proj_tgt.0.weight", "z"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, f"{name} got no gradient"
+    frozen = [n for n, p in model.named_parameters() if n.startswith(("llm.", "context_encoder.",
+                                                                      "target_encoder."))]
+    assert frozen and all(dict(model.named_parameters())[n].grad is None for n in frozen)
+
+
+def test_lambda_draw_is_reproducible_and_respects_its_extremes(tokenizer):
+    model = build(tokenizer=tokenizer)
+    batch = make_batch(model)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = [model(batch, g1)["jepa_ran"] for _ in range(8)]
+    b = [model(batch, g2)["jepa_ran"] for _ in range(8)]
+    assert a == b, "same generator seed must give the same skip decisions (every rank agrees)"
+    for lam, expect in ((0.0, True), (1.0, False)):
+        model.cfg.jepa_lambda = lam
+        assert all(model(batch, g1)["jepa_ran"] == expect for _ in range(4)), f"lambda={lam}"
+
+
+@pytest.mark.parametrize("method,stage,aux,has_target", [
+    ("llava", "align", None, False), ("nomask", "align", "align_loss", True),
+    ("viral", "align", None, False), ("viral", "finetune", "align_loss", True),
+    ("jarvis", "finetune", None, False)])
+def test_each_method_computes_its_own_losses(tokenizer, method, stage, aux, has_target):
+    model = build(stage=stage, tokenizer=tokenizer, method=method)
+    out = model(make_batch(model))
+    assert (model.target_encoder is not None) == has_target, "target encoder presence"
+    assert not out["jepa_ran"]
+    if aux:
+        assert torch.isfinite(out[aux]) and torch.allclose(out["loss"], out["ntp_loss"] + out[aux])
+    else:
+        assert torch.allclose(out["loss"], out["ntp_loss"])
+
+
+def test_bidirectional_visual_default_follows_the_release(tokenizer):
+    assert build(tokenizer=tokenizer).bidirectional_visual, "jarvis: bidirectional visual tokens"
+    assert not build(tokenizer=tokenizer, method="llava").bidirectional_visual, "llava: causal"
+    assert build(tokenizer=tokenizer, method="llava", bidirectional_visual=True).bidirectional_visual
+
+
+def test_viral_aligns_the_middle_layer_and_jarvis_a_quarter(tokenizer):
+    assert build(layers=8, tokenizer=tokenizer).jepa_layer == 2
+    assert build(layers=8, stage="finetune", tokenizer=tokenizer, method="viral").jepa_layer == 4
+    assert build(layers=8, tokenizer=tokenizer, jepa_layer=5).jepa_layer == 5
+
+
+def _final_states(model, embeds, mask):
+    return model.llm(inputs_embeds=embeds, attention_mask=mask,
+                     output_hidden_states=True).hidden_states[-1]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "mistral"])
+def test_mask_reaches_the_attention_inside_the_real_forward(tokenizer, family):
+    """Perturb one slot that some rule hides; with one decoder layer, exactly the positions
+    whose mask row allows that key (and the slot itself, via the residual) may change."""
+    model = build(family, layers=1, tokenizer=tokenizer).eval()
+    batch = make_batch(model, image_at=(2, 5), pad_last=2)
+    x = model.prepare_inputs(batch, torch.Generator().manual_seed(1), run_jepa=True)
+    layout, start = x["layout"], x["image_start"]
+    allowed = build_attention_mask(layout, start, x["embeds"].shape[1], x["padding"])[:, 0]
+    base = _final_states(model, x["embeds"], x["mask"])
+    b = 1
+    slots = {"dropped": layout.dropped[b], "target": layout.targets[b, 0],
+             "context": layout.context[b]}
+    for role, members in slots.items():
+        if not members.any():
+            continue
+        p = int(start[b]) + int(members.nonzero()[0])
+        embeds = x["embeds"].clone()
+        embeds[b, p] += 1.0
+        changed = (_final_states(model, embeds, x["mask"])[b] - base[b]).abs().amax(-1) > 1e-5
+        expect = allowed[b, :, p].clone()
+        expect[p] = True
+        expect &= x["padding"][b]  # padded rows' outputs are unused; ignore them
+        changed &= x["padding"][b]
+        wrong = (changed != expect).nonzero().flatten().tolist()
+        assert not wrong, f"{family}: perturbing a {role} slot changed the wrong rows {wrong}"
+    p = int(start[b]) + int(layout.dropped[b].nonzero()[0]) if layout.dropped[b].any() else None
+    if p is not None:
+        embeds = x["embeds"].clone()
+        embeds[b, p] += 1.0
+        changed = (_final_states(model, embeds, x["mask"])[b] - base[b]).abs().amax(-1) > 1e-5
+        assert changed.nonzero().flatten().tolist() == [p], "nobody may see a dropped slot"
+
+
+@pytest.mark.parametrize("stage", ["align", "finetune"])
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, stage):
+    grads = []
+    for ckpt in (False, True):
+        model = build(stage=stage, tokenizer=tokenizer).train()
+        if ckpt:
+            model.enable_gradient_checkpointing()
+        model(make_batch(model), torch.Generator().manual_seed(0), run_jepa=stage == "align")[
+            "loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("llm.") for k in grads[0]) == (
+        stage == "finetune")
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_text_only_rows_keep_proj_in_the_graph(tokenizer):
+    model = build(stage="finetune", tokenizer=tokenizer).train()
+    out = model(make_batch(model, text_only=(0, 1)))
+    out["loss"].backward()
+    assert model.proj[0].weight.grad is not None, "proj must receive a (zero) gradient for DDP"
+
+
+def test_checkpoint_round_trip_and_stage2_drops_jarvis_parts(tokenizer, tmp_path):
+    model = build(tokenizer=tokenizer)
+    with torch.no_grad():
+        model.z.add_(1.0)
+    batch = make_batch(model)
+    loss = model(batch, torch.Generator().manual_seed(5))["loss"]
+    model.save_checkpoint(tmp_path / "s1")
+    again = JarvisModel.from_checkpoint(tmp_path / "s1")
+    assert torch.allclose(again(batch, torch.Generator().manual_seed(5))["loss"], loss)
+    s2 = JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune")
+    assert s2.z is None and s2.proj_tgt is None and s2.target_encoder is None
+    assert torch.equal(s2.proj[0].weight, model.proj[0].weight), "stage 2 starts from stage-1 proj"
+    s2.save_checkpoint(tmp_path / "s2")
+    keys = load_file(str(tmp_path / "s2" / "model.safetensors")).keys()
+    assert not [k for k in keys if k.startswith(("z", "proj_tgt", "target_encoder"))]
+    assert any(k.startswith("llm.") for k in keys)
+    assert JarvisModel.from_checkpoint(tmp_path / "s2").stage == "finetune"
+
+
+def test_pretrained_llm_from_a_local_directory(tokenizer, tmp_path):
+    source = build(tokenizer=tokenizer)
+    source.llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    cfg = dataclasses.replace(tiny_config(), llm_name=str(tmp_path / "llm"), llm_pretrained=True,
+                              llm_arch={}, tokenizer=str(tmp_path / "llm"))
+    model = JarvisModel(cfg, SMALL_MASKS)
+    for a, b in zip(model.llm.parameters(), source.llm.parameters()):
+        assert torch.equal(a, b)
+    assert torch.isfinite(model(make_batch(model), run_jepa=True)["loss"])
+    model.save_checkpoint(tmp_path / "ckpt")
+    keys = load_file(str(tmp_path / "ckpt" / "model.safetensors")).keys()
+    assert not any(k.startswith("llm.") for k in keys), "a frozen pretrained LLM is not copied"
+    stage2 = JarvisModel.from_checkpoint(tmp_path / "ckpt", stage="finetune")
+    assert torch.isfinite(stage2(make_batch(stage2))["loss"])
+
+
+def test_generation_with_cache_matches_recomputing_everything(tokenizer):
+    model = build(tokenizer=tokenizer).eval()
+    images = torch.rand(1, 3, model.image_size, model.image_size)
+    answer = model.generate(images, ["what colour is the cube?"], max_new_tokens=6)[0]
+    # Reference: greedy without cache, the whole sequence each step.
+    from minijarvis.data import encode_prompt
+    ids = encode_prompt(model.tokenizer, "what colour is the cube?", has_image=True)
+    new = []
+    for _ in range(6):
+        row = ids + new
+        batch = dict(input_ids=torch.tensor([row]), attention_mask=torch.ones(1, len(row)),
+                     labels=torch.full((1, len(row)), -100), images=images,
+                     has_image=torch.tensor([True]))
+        x = model.prepare_inputs(batch)
+        nxt = int(model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits[0, -1].argmax())
+        if nxt in (model.tokenizer.eos_token_id, model.tokenizer.get_vocab().get("<|end|>")):
+            break
+        new.append(nxt)
+    assert answer == model.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_score_options_ranks_by_log_likelihood(tokenizer):
+    model = build(tokenizer=tokenizer).eval()
+    images = torch.rand(2, 3, model.image_size, model.image_size)
+    scores = model.score_options(images, ["q one", "q two"], [["A", "B", "C"], ["yes", "no"]])
+    assert [s.shape[0] for s in scores] == [3, 2] and all(torch.isfinite(s).all() for s in scores)
+    assert all((s <= 0).all() for s in scores), "log-likelihoods are <= 0"
+
+
+def test_sincos_phi_is_the_2d_formula():
+    phi = sincos_2d((2, 3), 8)
+    assert phi.shape == (6, 8)
+    # slot 4 = row 1, col 1: row half = [sin(1*w), cos(1*w)], w = [1, 1/100]
+    w = torch.tensor([1.0, 0.01])
+    assert torch.allclose(phi[4, :4], torch.cat([w.sin(), w.cos()]), atol=1e-6)
+    assert torch.allclose(phi[1, :4], torch.tensor([0.0, 0.0, 1.0, 1.0])), "row 0 -> sin 0, cos 1"
+
+
+def test_pos_embed_adds_phi_to_the_latent(tokenizer):
+    model = build(tokenizer=tokenizer, pos_embed=True)
+    x = model.prepare_inputs(make_batch(model), torch.Generator().manual_seed(0), run_jepa=True)
+    t = x["layout"].target_union[0].nonzero().flatten()[:2]
+    expect = model.z + model.phi[t]
+    assert torch.allclose(x["vis"][0, t], expect), "target slots carry z + phi(i)"

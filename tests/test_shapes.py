@@ -1,0 +1,272 @@
+"""Tests for the synthetic scenes (minijarvis.shapes) and ShapesBench (minijarvis.shapesbench)."""
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minijarvis.shapes import (COLORS, SYNONYMS, SyntheticLlava, caption_record, instruction_record,
+                               make_scene, render, sample_scene, scene_from_seed, scene_seed, write_llava_folder)
+from minijarvis.shapesbench import (ANSWER_INSTRUCTION, DEPTH_RATIO, TASKS, bench_item, bench_seed,
+                                    shapes_bench, write_bench_jsonl)
+
+# Words a caption would need to answer a benchmark question: counts, 2D relations, depth and distance.
+BENCH_WORDS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "single", "several", "many",
+               "few", "both", "pair", "couple", "number", "left", "right", "above", "below", "under", "over", "top",
+               "bottom", "behind", "front", "near", "nearer", "nearest", "close", "closer", "closest", "far",
+               "farther", "farthest", "further", "next", "beside", "between", "camera", "distance", "distances",
+               "depth", "foreground", "background"}
+SYNONYM_TO_KIND = {w: k for k, ws in SYNONYMS.items() for w in ws}
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img)
+
+
+def mentioned(caption: str) -> list[tuple[str, str]]:
+    """(colour, kind) pairs named in a caption: every mention is '<colour> <kind word>'."""
+    words = re.findall(r"[a-z]+", caption.lower())
+    return [(SYNONYM_TO_KIND[b], a) for a, b in zip(words, words[1:]) if a in COLORS and b in SYNONYM_TO_KIND]
+
+
+def test_same_seed_gives_identical_scene_pixels_and_text():
+    assert scene_from_seed(123) == scene_from_seed(123), "scene_from_seed is not deterministic"
+    assert (pixels(render(scene_from_seed(123))) == pixels(render(scene_from_seed(123)))).all(), "render not deterministic"
+    assert scene_from_seed(123) != scene_from_seed(124), "different seeds gave the same scene"
+    for make in (caption_record, instruction_record):
+        (r1, im1), (r2, im2) = make(7, seed=3, image_size=64), make(7, seed=3, image_size=64)
+        assert r1 == r2 and (pixels(im1) == pixels(im2)).all(), f"{make.__name__} not deterministic per (seed, index)"
+    assert (pixels(caption_record(7, seed=4)[1]) != pixels(caption_record(7, seed=3)[1])).any(), "seed is ignored"
+
+
+def test_scenes_have_unique_names_in_frame_and_visible_objects():
+    for s in range(200):
+        scene = scene_from_seed(s)
+        names = [o.name for o in scene.objects]
+        assert 2 <= len(names) <= 5, f"seed {s}: default scenes hold 2-5 objects, got {len(names)}"
+        assert len(set(names)) == len(names), f"seed {s}: colour+kind names must be unique, got {names}"
+        for o in scene.objects:
+            assert 0 < o.bbox[0] < o.bbox[2] < 1 and 0 < o.bbox[1] < o.bbox[3] < 1, f"seed {s}: {o.name} out of frame"
+            assert o.visible >= 0.5, f"seed {s}: {o.name} is {o.visible:.2f} visible, below 0.5"
+
+
+def test_nearer_object_is_larger_and_lower_on_screen():
+    # Same kind: strictly, for any depth difference. Different kinds (a cube's front face sits nearer than
+    # a sphere's centre): whenever the depths differ by the Depth task's ratio.
+    for s in range(300):
+        objs = scene_from_seed(s).objects
+        for a in objs:
+            for b in objs:
+                if a.z < b.z and (a.kind == b.kind or b.z / a.z >= DEPTH_RATIO):
+                    assert a.bbox[3] - a.bbox[1] > b.bbox[3] - b.bbox[1], f"seed {s}: nearer {a.name} not taller"
+                    assert a.bbox[3] > b.bbox[3], f"seed {s}: nearer {a.name} does not stand lower on screen"
+
+
+def test_unoccluded_object_shows_its_colour_at_its_bbox_centre():
+    base = {c: np.array(rgb, float) / np.linalg.norm(rgb) for c, rgb in COLORS.items()}
+    checked = 0
+    for s in range(60):
+        scene = scene_from_seed(s)
+        img = pixels(render(scene, 224)).astype(float)
+        for o in scene.objects:
+            if o.visible < 1.0:
+                continue
+            u, v = (min(int(c * 224), 223) for c in o.center)
+            rgb = img[v, u] / np.linalg.norm(img[v, u])
+            nearest = max(base, key=lambda c: base[c] @ rgb)
+            assert nearest == o.color, f"seed {s}: {o.name} at its bbox centre looks {nearest}"
+            checked += 1
+    assert checked > 100, "too few unoccluded objects were checked"
+
+
+def test_nearer_objects_occlude_farther_ones():
+    # A blue cube right in front of a red one (listed first, so only depth can decide the painting order):
+    # the red cube's centre must show blue, and its visible fraction must drop.
+    scene = make_scene([("cube", "blue", 0.0, 3.0), ("cube", "red", 0.0, 6.0)], ground="floor")
+    img = pixels(render(scene, 224)).astype(int)
+    u, v = (int(c * 224) for c in scene.objects[1].center)
+    assert img[v, u, 2] > img[v, u, 0], "the farther red cube was painted over the nearer blue one"
+    assert scene.objects[1].visible < 0.5 and scene.objects[0].visible == 1.0, "visible fractions ignore occlusion"
+
+
+def test_captions_mention_only_part_of_the_scene_and_only_what_is_there():
+    for i in range(300):
+        record, _ = caption_record(i, image_size=32)
+        scene = scene_from_seed(scene_seed("caption", i))
+        names = mentioned(record["conversations"][1]["value"])
+        assert 1 <= len(names) < len(scene.objects), f"record {i}: mentions {names} of {len(scene.objects)} objects"
+        for kind, color in names:
+            assert f"{color} {kind}" in {o.name for o in scene.objects}, f"record {i}: {color} {kind} is not there"
+
+
+def test_captions_contain_no_bench_answering_words():
+    used = Counter()
+    for i in range(300):
+        record, _ = caption_record(i, image_size=32)
+        assert record["conversations"][0]["value"].startswith("<image>\n"), "stage-1 human turn must start with <image>"
+        words = set(re.findall(r"[a-z]+", record["conversations"][1]["value"].lower()))
+        assert not words & BENCH_WORDS, f"record {i}: caption uses benchmark words {words & BENCH_WORDS}"
+        assert not re.search(r"\d", record["conversations"][1]["value"]), f"record {i}: caption has a digit"
+        used[record["conversations"][1]["value"].split()[0]] += 1
+    assert len(used) >= 4, "captions show too little variety in phrasing"
+
+
+def test_instruction_answers_agree_with_the_scene():
+    checked = 0
+    for i in range(200):
+        record, image = instruction_record(i, image_size=32)
+        if image is None:
+            continue
+        scene = scene_from_seed(scene_seed("instruct", i))
+        by_name = {o.name: o for o in scene.objects}
+        conv = record["conversations"]
+        for q, a in zip(conv[0::2], conv[1::2]):
+            q, a = q["value"], a["value"]
+            if m := re.search(r"What color is the (\w+)\?", q):
+                assert [o.color for o in scene.objects if o.kind == m[1]] == [a.rstrip(".").lower()], f"record {i}: {q}"
+            elif m := re.search(r"What shape is the (\w+) object\?", q):
+                assert [o.kind for o in scene.objects if o.color == m[1]] == [a.rstrip(".").lower()], f"record {i}: {q}"
+            elif m := re.search(r"Is there an? (\w+ \w+) in the image\?", q):
+                assert (m[1] in by_name) == (a == "Yes."), f"record {i}: {q} -> {a}"
+            elif m := re.search(r"What is to the left of the (\w+ \w+)\?", q):
+                other = by_name[a[len("The "):].rstrip(".")]
+                assert other.center[0] < by_name[m[1]].center[0], f"record {i}: {q} -> {a} is not on its left"
+            checked += 1
+    assert checked > 200, "too few instruction answers were checked"
+
+
+def test_instruct_data_has_text_only_rows_without_image_token():
+    rows = [instruction_record(i, image_size=32) for i in range(40)]
+    text_only = [(r, im) for r, im in rows if "image" not in r]
+    assert len(text_only) == 4, f"expected every 10th instruct record text-only, got {len(text_only)} of 40"
+    for r, im in rows:
+        n_tokens = sum(t["value"].count("<image>") for t in r["conversations"])
+        if "image" in r:
+            assert n_tokens == 1 and r["conversations"][0]["value"].startswith("<image>\n"), f"{r['id']}: bad <image>"
+        else:
+            assert n_tokens == 0 and im is None, f"{r['id']}: text-only row carries an image"
+        assert [t["from"] for t in r["conversations"]] == ["human", "gpt"] * (len(r["conversations"]) // 2)
+
+
+def test_synthetic_llava_indexes_like_a_dataset():
+    ds = SyntheticLlava("caption", size=5, seed=2, image_size=48)
+    assert len(ds) == 5
+    record, image = ds[4]
+    assert record == caption_record(4, seed=2)[0] and image.size == (48, 48) and image.mode == "RGB"
+    with pytest.raises(IndexError):
+        ds[5]
+    with pytest.raises(ValueError, match="kind"):
+        SyntheticLlava("captions")
+
+
+def test_write_llava_folder_round_trips_through_json(tmp_path):
+    for kind in ("caption", "instruct"):
+        path = write_llava_folder(tmp_path, kind, n=12, seed=1, image_size=40)
+        assert path == tmp_path / f"{kind}.json"
+        records = json.loads(path.read_text())
+        assert records == [SyntheticLlava(kind, 12, seed=1)[i][0] for i in range(12)], f"{kind}: JSON != on-the-fly"
+        for r in records:
+            if "image" in r:
+                assert not Path(r["image"]).is_absolute() and (tmp_path / r["image"]).is_file(), f"{r['image']} missing"
+        with Image.open(tmp_path / records[0]["image"]) as im:
+            expected = SyntheticLlava(kind, 12, seed=1, image_size=40)[0][1]
+            assert (np.asarray(im.convert("RGB")) == pixels(expected)).all(), f"{kind}: PNG differs from the render"
+    mtime = (tmp_path / "caption.json").stat().st_mtime_ns
+    write_llava_folder(tmp_path, "caption", n=12, seed=1, image_size=40)
+    assert (tmp_path / "caption.json").stat().st_mtime_ns == mtime, "an identical second call should be cached"
+
+
+def _find(scene, name):
+    matches = [o for o in scene.objects if o.name == name]
+    assert len(matches) == 1, f"'{name}' must name exactly one object, found {len(matches)}"
+    return matches[0]
+
+
+def test_bench_answers_follow_from_scene_geometry():
+    for item in shapes_bench(n_per_task=24, seed=5, image_size=32, render_image=False):
+        scene, q, answer = item["scene"], item["question"], item["choices"][item["answer_index"]]
+        assert len(set(item["choices"])) == len(item["choices"]), f"{item['id']}: repeated choices"
+        if item["task"] == "Count":
+            m = re.fullmatch(r"How many (\w+?)s are in the image\?|How many (\w+) objects are in the image\?", q)
+            hits = [o for o in scene.objects if o.kind == m[1] or o.color == m[2]]
+            assert int(answer) == len(hits), f"{item['id']}: answer {answer}, scene has {len(hits)}"
+            assert all(o.visible >= 0.5 for o in hits), f"{item['id']}: a counted object is mostly hidden"
+        elif item["task"] == "Relation":
+            m = re.search(r"positions of the (\w+ \w+) and the (\w+ \w+) in", q)
+            a, b = _find(scene, m[1]), _find(scene, m[2])
+            du, dv = a.center[0] - b.center[0], a.center[1] - b.center[1]
+            truth = {"left": du < -0.1, "right": du > 0.1, "above": dv < -0.1, "below": dv > 0.1}
+            assert truth[answer], f"{item['id']}: {answer} is wrong (du={du:.2f}, dv={dv:.2f})"
+            if answer in ("left", "right"):  # the same order must hold in world coordinates (u = x/z)
+                assert (a.x / a.z < b.x / b.z) == (answer == "left"), f"{item['id']}: world disagrees"
+            else:  # on a ground plane seen from above, higher on screen means farther away
+                assert (a.z > b.z) == (answer == "above"), f"{item['id']}: world disagrees"
+        elif item["task"] == "Depth":
+            near, far = (_find(scene, c) for c in (answer, item["choices"][1 - item["answer_index"]]))
+            assert far.z / near.z >= 1.3 and math.hypot(near.x, near.z) < math.hypot(far.x, far.z), \
+                f"{item['id']}: {answer} is not clearly closer to the camera"
+        else:
+            ref = _find(scene, re.search(r"closer to the (\w+ \w+), the", q)[1])
+            near, far = (_find(scene, c) for c in (answer, item["choices"][1 - item["answer_index"]]))
+            d = lambda o: math.hypot(o.x - ref.x, o.z - ref.z)  # noqa: E731
+            assert d(far) >= 1.4 * d(near), f"{item['id']}: {answer} is not clearly closer to the {ref.name}"
+
+
+def test_bench_answers_are_balanced_over_letters():
+    items = shapes_bench(n_per_task=8, render_image=False)
+    for task in TASKS:
+        letters = Counter(it["answer"] for it in items if it["task"] == task)
+        assert len(set(letters.values())) == 1, f"{task}: answer letters unbalanced {dict(letters)}"
+        assert len(letters) == (4 if task == "Count" else 2), f"{task}: some letter is never correct {dict(letters)}"
+        for it in items:
+            assert it["answer"] == f"({'ABCD'[it['answer_index']]})"
+
+
+def test_bench_items_are_deterministic_and_cvbench_formatted():
+    a, b = bench_item("Depth", 3, seed=1, image_size=48), bench_item("Depth", 3, seed=1, image_size=48)
+    assert a["prompt"] == b["prompt"] and (pixels(a["image"]) == pixels(b["image"])).all(), "bench not deterministic"
+    assert a["type"] == "3D" and bench_item("Count", 0)["type"] == "2D"
+    lines = a["prompt"].split("\n")
+    assert lines[0] == a["question"] and lines[-1] == ANSWER_INSTRUCTION, "prompt = question, choices, instruction"
+    assert lines[1:-1] == [f"({L}) {c}" for L, c in zip("AB", a["choices"])], f"bad choice lines {lines[1:-1]}"
+
+
+def test_train_and_bench_seed_spaces_are_disjoint():
+    train = {scene_seed(k, i) for k in ("caption", "instruct") for i in range(3000)}
+    bench = {bench_seed(t, i) for t in TASKS for i in range(3000)}
+    assert len(train) == 6000 and not train & bench, "training and benchmark scene seeds intersect"
+    digest = lambda im: hashlib.sha1(im.tobytes()).hexdigest()  # noqa: E731
+    train_imgs = {digest(caption_record(i, image_size=32)[1]) for i in range(60)}
+    bench_imgs = {digest(it["image"]) for it in shapes_bench(n_per_task=15, image_size=32)}
+    assert not train_imgs & bench_imgs, "a benchmark image also appears in the training data"
+    with pytest.raises(ValueError, match="split"):
+        scene_seed("test", 0)
+
+
+def test_write_bench_jsonl_uses_cvbench_layout(tmp_path):
+    path = write_bench_jsonl(tmp_path, n_per_task=3, image_size=32)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert path.name == "test.jsonl" and len(rows) == 12
+    assert [r["idx"] for r in rows] == list(range(12))
+    for r in rows:
+        for key in ("idx", "type", "task", "image", "question", "choices", "answer", "prompt", "source"):
+            assert key in r, f"row {r['idx']} lacks CV-Bench field {key}"
+        assert re.fullmatch(r"\([A-D]\)", r["answer"]) and r["source"] == "ShapesBench"
+        assert r["image"].startswith(f"img/{r['type']}/") and (tmp_path / r["image"]).is_file(), f"{r['image']} missing"
+
+
+def test_invalid_inputs_raise_value_error():
+    with pytest.raises(ValueError, match="unique"):
+        sample_scene(0, attrs=[("cube", "red"), ("cube", "red")])
+    with pytest.raises(ValueError, match="size"):
+        render(scene_from_seed(0), size=8)
+    with pytest.raises(ValueError, match="task"):
+        bench_seed("Counting", 0)
+    with pytest.raises(ValueError, match="kind"):
+        write_llava_folder("/nonexistent/never", "captions", n=1)
