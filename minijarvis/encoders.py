@@ -66,7 +66,7 @@ class VisionEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> "VisionEncoder":
         """Stay in eval whatever the parent asks: a frozen encoder never enables dropout."""
-        return super().train(mode)
+        return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

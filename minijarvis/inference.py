@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import encode_prompt
+from .data import encode_prompt, stop_token_ids
 
 
 def _batch(model, ids: list[list[int]], images: torch.Tensor | None, labels=None) -> dict:
@@ -40,13 +40,11 @@ def _step_mask(x: dict, total: int, dtype) -> torch.Tensor:
 
 
 def _stop_ids(model) -> set[int]:
-    """Token ids that end an answer: the tokenizer's EOS, the end-of-turn marker of the
-    builtin chat template, and the LLM's own generation config (Gemma's <end_of_turn>...)."""
-    tok, gen = model.tokenizer, model.llm.generation_config
-    ids = {tok.eos_token_id, tok.get_vocab().get("<|end|>")}
-    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
-    ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
-    return {i for i in ids if i is not None}
+    """Token ids that end an answer: the template's end-of-turn markers and EOS
+    (``data.stop_token_ids``), plus the LLM's own generation config (Gemma's <end_of_turn>...)."""
+    extra = getattr(model.llm.generation_config, "eos_token_id", None)
+    extra = set(extra) if isinstance(extra, (list, tuple)) else {extra}
+    return {i for i in set(stop_token_ids(model.tokenizer)) | extra if i is not None}
 
 
 @torch.no_grad()

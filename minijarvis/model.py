@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .attn_mask import build_attention_mask, to_additive
 from .config import MaskConfig, ModelConfig, default_jepa_layer
 from .encoders import build_context_encoder, build_target_encoder
-from .losses import align_loss, jepa_loss, ntp_loss
+from .losses import align_loss, jepa_loss, token_cross_entropy
 from .masking import MaskSampler
 from .tokenizer import IMAGE_TOKEN, load_tokenizer
 from .checkpoint import build_llm
@@ -162,11 +162,12 @@ class JarvisModel(nn.Module):
             layer = self.llm.model.layers[self.jepa_layer - 1]  # h_j = output of layer j-1
             hook = layer.register_forward_hook(lambda mod, inp, out: h_j.__setitem__("h", out))
         try:
-            out = self.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=False)
+            hidden = self.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"],
+                                    use_cache=False).last_hidden_state
         finally:
             if hook is not None:
                 hook.remove()
-        result = {"ntp_loss": ntp_loss(out.logits, x["labels"]), "jepa_ran": jepa}
+        result = {"ntp_loss": self._ntp_loss(hidden, x["labels"]), "jepa_ran": jepa}
         loss = result["ntp_loss"]
         if want_h and has_image.any():
             h = h_j["h"][0] if isinstance(h_j["h"], tuple) else h_j["h"]
@@ -188,6 +189,18 @@ class JarvisModel(nn.Module):
             loss = loss + 0.0 * vis.sum()
         result["loss"] = loss
         return result
+
+    def _ntp_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """L_NTP with the LM head applied only where a label is supervised: equal to
+        ``ntp_loss(llm(...).logits, labels)``, without the [B, L, V] float32 logits that would
+        otherwise be the largest tensor of a stage-1 step (576 image slots, 256k vocabulary)."""
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = self.llm.lm_head(hidden[:, :-1][keep])
+        cap = getattr(self.llm.config, "final_logit_softcapping", None)
+        if cap:  # Gemma2 soft-caps its logits inside ForCausalLM.forward; do the same
+            logits = torch.tanh(logits / cap) * cap
+        return token_cross_entropy(logits, targets[keep])
 
     def prepare_inputs(self, batch: dict, generator: torch.Generator | None = None,
                        run_jepa: bool | None = False) -> dict:

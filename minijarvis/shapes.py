@@ -198,7 +198,7 @@ def sample_scene(rng=None, n_objects: int | None = None, attrs=None, min_visible
     """Draw a scene. rng: numpy Generator or int seed. attrs: optional [(kind|None, color|None)] per object
     (fixes n_objects); otherwise 2-5 random objects. Positions are uniform in image height (so depths
     spread evenly over the picture), fully in frame, footprints never intersect, and every object keeps
-    at least `min_visible` of its bbox unoccluded."""
+    at least `min_visible` of its silhouette clear of nearer objects' bboxes."""
     rng = np.random.default_rng(rng)
     if attrs is None:
         n = int(rng.integers(2, 6)) if n_objects is None else n_objects
@@ -227,7 +227,9 @@ def sample_scene(rng=None, n_objects: int | None = None, attrs=None, min_visible
             else:
                 break
         else:
-            return make_scene([(k, c, x, z) for (k, c), (x, z) in zip(pairs, xz)], ground)
+            vis = _visible_fractions(boxes, masks, [z for _, z in xz])
+            return Scene(tuple(SceneObject(k, c, float(x), float(z), b, v)
+                               for (k, c), (x, z), b, v in zip(pairs, xz, boxes, vis)), ground)
     raise RuntimeError(f"could not place {len(pairs)} objects with min_visible={min_visible}; use fewer objects")
 
 

@@ -44,6 +44,17 @@ def test_jarvis_step_trains_proj_z_proj_tgt_through_frozen_llm(tokenizer):
     assert frozen and all(dict(model.named_parameters())[n].grad is None for n in frozen)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_ntp_loss_on_supervised_positions_equals_the_full_logits_loss(tokenizer, family):
+    from minijarvis.losses import ntp_loss
+    model = build(family, tokenizer=tokenizer)
+    batch = make_batch(model, pad_last=3)
+    out = model(batch, torch.Generator().manual_seed(0), run_jepa=True)
+    x = model.prepare_inputs(batch, torch.Generator().manual_seed(0), run_jepa=True)
+    full = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits
+    assert torch.allclose(out["ntp_loss"], ntp_loss(full, x["labels"]), atol=1e-5)
+
+
 def test_lambda_draw_is_reproducible_and_respects_its_extremes(tokenizer):
     model = build(tokenizer=tokenizer)
     batch = make_batch(model)
