@@ -71,11 +71,13 @@ def _selected(state: dict, prefixes) -> dict:
     return out
 
 
-def save_checkpoint(model, directory, **configs) -> Path:
-    """Write ``model`` to ``directory`` (weights, config, tokenizer); atomic per file."""
+def save_checkpoint(model, directory, state: dict | None = None, **configs) -> Path:
+    """Write ``model`` to ``directory`` (weights, config, tokenizer); atomic per file.
+    ``state``: a full state dict gathered beforehand (FSDP); default ``model.state_dict()``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _selected(model.state_dict(), saved_prefixes(model.cfg, model.stage))
+    state = model.state_dict() if state is None else state
+    tensors = _selected(state, saved_prefixes(model.cfg, model.stage))
     tmp = directory / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "stage": model.stage})
     tmp.replace(directory / WEIGHTS)

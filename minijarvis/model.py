@@ -281,9 +281,9 @@ class JarvisModel(nn.Module):
         from .inference import score_options
         return score_options(self, images, prompts, options, normalize)
 
-    def save_checkpoint(self, directory, **configs):
+    def save_checkpoint(self, directory, state=None, **configs):
         from .checkpoint import save_checkpoint
-        return save_checkpoint(self, directory, **configs)
+        return save_checkpoint(self, directory, state, **configs)
 
     @classmethod
     def from_checkpoint(cls, directory, stage: str | None = None, **overrides):

@@ -88,15 +88,17 @@ def set_rng_state(tensors: dict, meta: dict, mask_generator: torch.Generator) ->
 
 def save_trainer_state(directory: Path, optimizer_state: dict, progress: dict,
                        mask_generator: torch.Generator) -> None:
-    """Optimizer state (flattened to safetensors), progress (step, data position, ...) and RNGs."""
+    """Optimizer state (flattened to safetensors; keyed by parameter name, as
+    ``torch.distributed.checkpoint.state_dict`` gives it), progress (step, data position, ...)
+    and RNGs."""
     tensors, meta = rng_state(mask_generator)
     scalars = {}
     for pid, state in optimizer_state["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{key}"] = value.detach().contiguous().cpu()
+                tensors[f"optim/{pid}/{key}"] = value.detach().contiguous().cpu()
             else:
-                scalars[f"{pid}.{key}"] = value
+                scalars[f"{pid}/{key}"] = value
     save_file(tensors, str(directory / "trainer.safetensors"))
     payload = {"progress": progress, "rng": meta, "optim_scalars": scalars,
                "param_groups": optimizer_state["param_groups"]}
@@ -109,12 +111,12 @@ def load_trainer_state(directory: Path, mask_generator: torch.Generator) -> tupl
     payload = json.loads((directory / "trainer.json").read_text())
     state: dict = {}
     for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = value
+        if name.startswith("optim/"):
+            pid, key = name[len("optim/"):].rsplit("/", 1)
+            state.setdefault(pid, {})[key] = value
     for name, value in payload["optim_scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
+        pid, key = name.rsplit("/", 1)
+        state.setdefault(pid, {})[key] = value
     set_rng_state(tensors, payload["rng"], mask_generator)
     return {"state": state, "param_groups": payload["param_groups"]}, payload["progress"]
 

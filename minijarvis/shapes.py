@@ -290,8 +290,8 @@ GROUND_PHRASES = {"grass": ("a grassy field", "green grass"), "sand": ("a sandy 
 # Caption templates name one or two objects and never a count, a relation or depth: the benchmark's
 # questions must not be answerable from captions. {a}/{b}: "a red cube"; {g}: the ground.
 CAPTIONS_1 = ("{A} on {g}.", "{A} standing on {g}.", "A simple rendering of {a}.", "{A} in a synthetic scene.",
-              "Computer graphics image showing {a} on {g}.", "Toy scene with {a} and other shapes.")
-CAPTIONS_2 = ("{A} and {b} on {g}.", "A rendered scene featuring {a} and {b}.", "{A} and {b} among other shapes.",
+              "Computer graphics image showing {a} on {g}.", "Toy scene with {a}.")
+CAPTIONS_2 = ("{A} and {b} on {g}.", "A rendered scene featuring {a} and {b}.", "{A} and {b} in a toy scene.",
               "Simple shapes on {g}, including {a} and {b}.", "{A} and {b} in a computer-generated scene.")
 BRIEF_PROMPTS = ("Describe the image briefly.", "Give a short caption for this picture.",
                  "Summarize the visual content of the image.", "Write a concise description of the image.",

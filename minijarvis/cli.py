@@ -1,0 +1,204 @@
+"""train.py's flags and how they become a model, a data set and a TrainConfig.
+
+Every flag maps onto one config field (``--jepa-lambda`` -> ``ModelConfig.jepa_lambda``,
+``--batch-size`` -> ``TrainConfig.batch_size``, ...). A flag left unset keeps the preset's
+value, or for ``--stage finetune --init DIR`` the stage-1 checkpoint's; ``--resume`` takes
+every setting from the checkpoint it resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import (ENCODERS, LLAVA_STAGE_DEFAULTS, METHODS, PRESETS, STAGES, MaskConfig,
+                     TrainConfig, load_config, preset)
+from .data import LlavaDataset, make_collate
+from .model import JarvisModel
+from .runtime import DistInfo, print0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train minijarvis (JARVIS / LLaVA, two stages).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument_group("what to train")
+    a.add_argument("--stage", choices=STAGES, default="align", help="align = stage 1 (captions), finetune = stage 2 (instructions)")
+    a.add_argument("--method", choices=METHODS, default=None, help="row of the paper's table (default: jarvis, or the --init checkpoint's)")
+    a.add_argument("--preset", choices=PRESETS, default="tiny", help="LLM + encoders; tiny runs offline on a CPU")
+    a.add_argument("--llm", default=None, help="hub id or local directory of a causal LM (overrides the preset's LLM)")
+    a.add_argument("--context-encoder", default=None, help=f"timm model name or one of {', '.join(ENCODERS)}")
+    a.add_argument("--target-encoder", default=None, help="timm model name or an encoder key, as above")
+    a.add_argument("--context-weights", default="", help="local weights file for the context encoder")
+    a.add_argument("--target-weights", default="", help="local weights file for the target encoder")
+    a.add_argument("--random-init", action="store_true", help="random weights for every network (offline speed/memory runs)")
+    a.add_argument("--init", default="", help="stage-1 output directory to start stage 2 from")
+    a.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint exactly (all other settings come from it)")
+    m = p.add_argument_group("method (defaults: the official release)")
+    m.add_argument("--jepa-lambda", type=float, default=None, help="probability that a stage-1 step skips JEPA (release 0.2)")
+    m.add_argument("--jepa-layer", type=int, default=None, help="layer j of h_j (default num_layers // 4; VIRAL: // 2)")
+    m.add_argument("--jepa-distance", choices=("cosine", "smooth_l1"), default=None, help="release: raw -cos; I-JEPA: smooth_l1")
+    m.add_argument("--bidirectional-visual", choices=("on", "off"), default=None, help="all visual tokens attend each other (release: on for jarvis only)")
+    m.add_argument("--pos-embed", action="store_true", default=None, help="paper: z + phi(i); release: z alone")
+    m.add_argument("--mask-clean", action="store_true", help="sampler without the release's quirks")
+    m.add_argument("--paper-context-aspect", action="store_true", help="context block aspect in (0.75, 1.5) as the paper's text says (release: 1.0)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default="", help="LLaVA JSON (558k captions / 665k instructions); default: built-in synthetic shapes")
+    d.add_argument("--image-folder", default="", help="folder the JSON's image paths are relative to")
+    d.add_argument("--synthetic-size", type=int, default=512, help="records of built-in data")
+    d.add_argument("--image-aspect", choices=("pad", "resize"), default=None, help="LLaVA pads to a square in the encoder's mean colour")
+    d.add_argument("--max-length", type=int, default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
+    d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
+    d.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    o = p.add_argument_group("optimisation (default: LLaVA-1.5's for real presets)")
+    o.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (-1: --epochs passes over the data)")
+    o.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
+    o.add_argument("--batch-size", type=int, default=None, help="per device (lower this and raise --grad-accum if you run out of memory)")
+    o.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: reach LLaVA's global batch)")
+    o.add_argument("--lr", type=float, default=None, help="peak learning rate (LLaVA: 1e-3 stage 1, 2e-5 stage 2)")
+    o.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    o.add_argument("--warmup-ratio", type=float, default=0.03, help="linear warm-up fraction of the cosine schedule")
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
+    o.add_argument("--seed", type=int, default=0, help="data order, masks and lambda draws (identical on every rank)")
+    o.add_argument("--bf16", action="store_true", help="bfloat16 autocast; frozen networks stored in bf16 (CUDA)")
+    o.add_argument("--gradient-checkpointing", action="store_true", help="recompute LLM activations in backward (saves memory)")
+    i = p.add_argument_group("output")
+    i.add_argument("--output-dir", default="", help="default runs/<preset>-<method>-<stage>")
+    i.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints (0: only at the end)")
+    i.add_argument("--log-every", type=int, default=1, help="optimizer steps between log lines")
+    args = p.parse_args(argv)
+    if args.stage == "finetune" and not (args.init or args.resume) and args.preset == "tiny" and not args.llm:
+        p.error("--stage finetune needs --init <stage-1 output dir> (or --resume)")
+    if args.init and args.stage == "align":
+        p.error("--init starts stage 2 from a stage-1 checkpoint: use it with --stage finetune")
+    return args
+
+
+@dataclass
+class Run:
+    model: JarvisModel
+    dataset: LlavaDataset
+    collate: object
+    train_cfg: TrainConfig
+    output: Path
+
+
+def _model_overrides(args) -> dict:
+    """ModelConfig fields set explicitly on the command line."""
+    out = dict(method=args.method, jepa_lambda=args.jepa_lambda, jepa_layer=args.jepa_layer,
+               jepa_distance=args.jepa_distance, pos_embed=args.pos_embed,
+               image_aspect=args.image_aspect, max_length=args.max_length,
+               bidirectional_visual=None if args.bidirectional_visual is None else args.bidirectional_visual == "on")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _encoder(name: str, random_init: bool) -> tuple[str, dict, bool]:
+    timm_name, kwargs = ENCODERS.get(name, (name, {}))
+    return timm_name, dict(kwargs), not (random_init or name.startswith("tiny"))
+
+
+def new_model_config(args):
+    real = args.preset != "tiny" or bool(args.llm)
+    cfg = preset(args.preset, pretrained=real and not args.random_init)
+    if args.llm:
+        if args.random_init:
+            raise SystemExit("--random-init builds a preset's architecture; with --llm, weights come from it")
+        cfg = dataclasses.replace(cfg, llm_name=args.llm, llm_pretrained=True, llm_arch={}, tokenizer=args.llm)
+    for flag, prefix in ((args.context_encoder, "ctx"), (args.target_encoder, "tgt")):
+        if flag:
+            name, kwargs, pretrained = _encoder(flag, args.random_init)
+            cfg = dataclasses.replace(cfg, **{f"{prefix}_encoder": name, f"{prefix}_kwargs": kwargs,
+                                              f"{prefix}_pretrained": pretrained})
+    cfg = dataclasses.replace(cfg, ctx_weights=args.context_weights, tgt_weights=args.target_weights)
+    return dataclasses.replace(cfg, **_model_overrides(args)), real
+
+
+def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
+    """LLaVA-1.5's per-stage batch and learning rate for real models; small ones for tiny."""
+    stage = args.stage
+    bs = args.batch_size or (16 if real else 8)
+    accum = args.grad_accum or (max(1, LLAVA_STAGE_DEFAULTS[stage]["global_batch"] // (bs * world)) if real else 1)
+    lr = args.lr or (LLAVA_STAGE_DEFAULTS[stage]["lr"] if real else (1e-3 if stage == "align" else 1e-4))
+    cfg = TrainConfig(stage=stage, output_dir=str(output), data=args.data, image_folder=args.image_folder,
+                      init=args.init, synthetic_size=args.synthetic_size, max_steps=args.max_steps,
+                      epochs=args.epochs, batch_size=bs, grad_accum=accum, lr=lr,
+                      weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                      max_grad_norm=args.max_grad_norm, seed=args.seed, bf16=args.bf16,
+                      gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
+                      log_every=args.log_every, num_workers=args.num_workers, strict=args.strict)
+    cfg.validate()
+    return cfg
+
+
+def _default_output(args) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    name = Path(args.llm).name if args.llm else args.preset
+    if args.init:
+        name = Path(args.init).name.rsplit("-align", 1)[0]
+        return Path("runs") / f"{name}-finetune"
+    return Path("runs") / f"{name}-{args.method or 'jarvis'}-{args.stage}"
+
+
+def build_run(args, info: DistInfo) -> Run:
+    output = _default_output(args)
+    if args.resume:
+        ckpt = output / "checkpoint"
+        if not (ckpt / "trainer.json").exists():
+            raise SystemExit(f"--resume: no resumable checkpoint in {ckpt}")
+        tcfg = load_config(ckpt / "config.json")["train"]
+        model = JarvisModel.from_checkpoint(ckpt)
+    elif args.stage == "finetune" and args.init:
+        model = JarvisModel.from_checkpoint(args.init, stage="finetune", **_model_overrides(args))
+        real = model.cfg.llm_pretrained
+        tcfg = new_train_config(args, real, info.world_size, output)
+    else:
+        mcfg, real = new_model_config(args)
+        mask = MaskConfig(mask_faithful=not args.mask_clean,
+                          mask_context_aspect=(0.75, 1.5) if args.paper_context_aspect else (1.0, 1.0))
+        torch.manual_seed(args.seed)  # random-init networks are identical on every rank
+        model = JarvisModel(mcfg, mask, args.stage)
+        tcfg = new_train_config(args, real, info.world_size, output)
+    output.mkdir(parents=True, exist_ok=True)
+    _place(model, tcfg, info)
+    data, folder = tcfg.data, tcfg.image_folder
+    if not data:
+        data, folder = _synthetic(tcfg, info)
+    dataset = LlavaDataset(data, folder or ".", model.tokenizer, stage=model.stage,
+                           image_size=model.image_size, image_mean=model.image_mean,
+                           aspect=model.cfg.image_aspect, max_length=model.cfg.max_length,
+                           num_visual=model.num_visual, strict=tcfg.strict)
+    if dataset.num_invalid:
+        from .data import format_skips
+        print0("at load, " + format_skips(dataset.problems))
+    pad = model.tokenizer.pad_token_id or 0
+    return Run(model, dataset, make_collate(pad, model.image_size), tcfg, output)
+
+
+def _place(model: JarvisModel, tcfg: TrainConfig, info: DistInfo) -> None:
+    """Device, dtypes and checkpointing. Frozen networks go to bf16 with --bf16 on CUDA (the
+    release trains in bf16); what trains stays fp32 under autocast (its master weights)."""
+    if tcfg.bf16 and info.device.type == "cuda":
+        for part in (model.context_encoder, model.target_encoder):
+            if part is not None:
+                part.to(torch.bfloat16)
+        if model.stage == "align":
+            model.llm.to(torch.bfloat16)
+    model.to(info.device)
+    model.train()
+    if tcfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+
+
+def _synthetic(tcfg: TrainConfig, info: DistInfo) -> tuple[str, str]:
+    """Built-in shapes data cached as a LLaVA folder (rank 0 writes, the others wait)."""
+    from .shapes import write_llava_folder
+    kind = "caption" if tcfg.stage == "align" else "instruct"
+    folder = Path("runs") / "data" / f"shapes-{kind}-{tcfg.synthetic_size}-seed{tcfg.seed}"
+    if info.rank == 0:
+        write_llava_folder(folder, kind, tcfg.synthetic_size, seed=tcfg.seed)
+    if info.distributed:
+        torch.distributed.barrier()
+    return str(folder / f"{kind}.json"), str(folder)
