@@ -5,22 +5,21 @@ Offline, on the built-in ShapesBench (CV-Bench's four tasks on synthetic scenes)
     python eval.py --checkpoint runs/tiny-jarvis-align --bench shapes
     python eval.py --checkpoint runs/tiny-llava-align runs/tiny-jarvis-align --bench shapes --limit 40
 
-Real benchmarks from local copies (folder layouts below):
+Real benchmarks from local copies (folder layouts at the end of --help):
 
     python eval.py --checkpoint runs/X --bench cvbench --bench-dir data/CV-Bench --answer-mode generate
     python eval.py --checkpoint runs/X --bench mmvp --bench-dir data/MMVP
 
-Every checkpoint answers the same items. Written to --output-dir: <bench>.json (every number, per
-checkpoint), <bench>.csv (one row per checkpoint and metric), <bench>_predictions.jsonl (one row
-per item and checkpoint) and <bench>.png (grouped bars, chance level marked).
+Every checkpoint answers the same items. Written to --output-dir: <bench>.json (every number),
+<bench>.csv (one row per checkpoint and metric), <bench>_predictions.jsonl (one row per item and
+checkpoint) and <bench>.png (grouped bars, chance level marked).
 
 Answer modes. "likelihood" (default): the option with the highest mean log-probability per token
-after the prompt wins (model.score_options); --score-target says what is scored: "text" (the
-option's text, "left"; default, because minijarvis's own training never teaches option letters),
+after the prompt wins (model.score_options); --score-target picks what is scored: "text", the
+option's text ("left"; default, since minijarvis's own training never teaches option letters),
 "option" ("(A) left") or "letter" ("A"). "generate": greedy decoding, then the option letter is
 read from the reply as the official toolkits do (benchmarks.extract_letter); a reply naming no
-option counts as wrong and is reported as unparseable. Open-ended RealWorldQA questions are
-always answered by generation.
+option counts as wrong and as unparseable. Open-ended RealWorldQA questions are always generated.
 """
 from __future__ import annotations
 
@@ -37,33 +36,37 @@ from tqdm import tqdm
 from minijarvis import benchmarks as B
 from minijarvis.data import BadRecord, load_image
 
-LOADERS = {"cvbench": B.load_cvbench, "mmvp": B.load_mmvp, "blink": B.load_blink, "realworldqa": B.load_realworldqa}
-TITLES = {"shapes": "ShapesBench", "cvbench": "CV-Bench", "mmvp": "MMVP", "blink": "BLINK", "realworldqa": "RealWorldQA"}
+LOADERS = {"cvbench": B.load_cvbench, "mmvp": B.load_mmvp, "blink": B.load_blink,
+           "realworldqa": B.load_realworldqa}
+TITLES = {"shapes": "ShapesBench", "cvbench": "CV-Bench", "mmvp": "MMVP", "blink": "BLINK",
+          "realworldqa": "RealWorldQA"}
+TARGET_NAMES = {"text": "option text", "option": "'(X) text' string", "letter": "option letter"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     layouts = B.__doc__.split("Expected layouts:")[1].split("Scores (")[0]
-    p = argparse.ArgumentParser(description="Evaluate minijarvis checkpoints (accuracy per task, chance level).",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="benchmark folder layouts (--bench-dir):" + layouts)
-    p.add_argument("--checkpoint", nargs="+", required=True, metavar="DIR", help="one or more checkpoint directories (train.py outputs)")
-    p.add_argument("--bench", choices=B.BENCHES, default="shapes", help="benchmark (default: shapes, generated offline)")
-    p.add_argument("--bench-dir", default="", help="folder of a local benchmark copy (all but shapes)")
-    p.add_argument("--n-per-task", type=int, default=50, help="ShapesBench items per task (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="ShapesBench seed (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most N items, spread over the tasks (quick runs)")
-    p.add_argument("--answer-mode", choices=("likelihood", "generate"), default="likelihood",
-                   help="likelihood of each option (default; reliable for small models) or greedy generation")
-    p.add_argument("--score-target", choices=B.SCORE_TARGETS, default="text",
-                   help="likelihood mode: score the option text (default), '(A) text', or the letter")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="generation length limit (default 16)")
-    p.add_argument("--batch-size", type=int, default=16, help="images decoded at a time (default 16)")
-    p.add_argument("--skip-missing", action="store_true", help="skip and count rows whose image is missing/unreadable instead of stopping")
-    p.add_argument("--output-dir", default="runs/eval", help="where results go (default runs/eval)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available)")
+    add = p.add_argument
+    add("--checkpoint", nargs="+", required=True, metavar="DIR", help="checkpoint folders (train.py outputs)")
+    add("--bench", choices=B.BENCHES, default="shapes", help="benchmark (default: shapes, generated offline)")
+    add("--bench-dir", default="", metavar="DIR", help="folder of a local benchmark copy (all but shapes)")
+    add("--n-per-task", type=int, default=50, metavar="N", help="ShapesBench items per task (default 50)")
+    add("--seed", type=int, default=0, help="ShapesBench seed (default 0)")
+    add("--limit", type=int, default=None, metavar="N", help="at most N items, spread over tasks (quick runs)")
+    add("--answer-mode", choices=("likelihood", "generate"), default="likelihood",
+        help="score each option (default; reliable for small models) or generate and read the letter")
+    add("--score-target", choices=B.SCORE_TARGETS, default="text",
+        help="likelihood mode: score the option text (default), '(A) text', or the letter alone")
+    add("--max-new-tokens", type=int, default=16, metavar="N", help="generation length (default 16)")
+    add("--batch-size", type=int, default=16, metavar="N", help="images decoded at a time (lower: less memory)")
+    add("--skip-missing", action="store_true", help="skip and count rows whose image is missing or unreadable "
+        "(default: stop and name the row)")
+    add("--output-dir", default="runs/eval", metavar="DIR", help="where results go (default runs/eval)")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
     args = p.parse_args(argv)
     if args.bench != "shapes" and not args.bench_dir:
-        p.error(f"--bench {args.bench} reads a local copy: pass --bench-dir (layouts below, see --help)")
+        p.error(f"--bench {args.bench} reads a local copy: pass --bench-dir (layouts: see --help)")
     for name in ("n_per_task", "limit", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -71,15 +74,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def method_name(args) -> str:
+    """How answers were obtained, in words: printed, and written next to every number."""
     if args.answer_mode == "likelihood":
-        what = {"text": "option text", "option": "'(X) text' string", "letter": "option letter"}[args.score_target]
-        return f"likelihood of the {what} (mean log-prob per token)"
+        return f"likelihood of the {TARGET_NAMES[args.score_target]} (mean log-prob per token)"
     return f"generate (greedy, <= {args.max_new_tokens} tokens, letter extraction)"
 
 
 def load_items(args) -> tuple[list[B.Item], list]:
-    """The benchmark's items (at most --limit, spread over tasks) and its skipped rows."""
-    if args.bench == "shapes":
+    """The benchmark's items (at most --limit, spread over tasks) and the rows skipped on loading."""
+    if args.bench == "shapes":  # render no more scenes than --limit needs
         n = args.n_per_task if args.limit is None else min(args.n_per_task, math.ceil(args.limit / 4))
         items, skipped = B.load_shapes(n, args.seed)
     else:
@@ -87,47 +90,49 @@ def load_items(args) -> tuple[list[B.Item], list]:
     return B.take(items, args.limit), skipped
 
 
-def answer(model, images, items: list[B.Item], args) -> list[dict]:
-    """Answer one batch. Multiple choice by likelihood or generation (--answer-mode); open-ended
-    items by generation. Returns per item: reply (text or scored option), prediction, correct, method."""
+def answer(model, images: torch.Tensor, items: list[B.Item], args) -> list[dict]:
+    """Answer one batch: multiple choice by --answer-mode, open-ended items by generation.
+    Per item: reply (generated text, or the winning option string), prediction, correct, method."""
     out = [None] * len(items)
-    by_likelihood = [i for i, it in enumerate(items) if it.choices and args.answer_mode == "likelihood"]
-    by_generation = [i for i in range(len(items)) if i not in by_likelihood]
-    if by_likelihood:
-        opts = [B.option_strings(items[i], args.score_target) for i in by_likelihood]
-        scores = model.score_options(images[by_likelihood], [items[i].prompt for i in by_likelihood], opts, normalize=True)
-        for i, o, s in zip(by_likelihood, opts, scores):
+    scored = [i for i, it in enumerate(items) if it.choices and args.answer_mode == "likelihood"]
+    generated = [i for i in range(len(items)) if i not in scored]
+    if scored:
+        options = [B.option_strings(items[i], args.score_target) for i in scored]
+        scores = model.score_options(images[scored], [items[i].prompt for i in scored], options, normalize=True)
+        for i, opts, s in zip(scored, options, scores):
             k = int(s.argmax())
-            out[i] = dict(reply=o[k], prediction=B.LETTERS[k], correct=B.LETTERS[k] == items[i].answer,
+            out[i] = dict(reply=opts[k], prediction=B.LETTERS[k], correct=B.LETTERS[k] == items[i].answer,
                           method="likelihood", scores=[round(float(v), 4) for v in s])
-    if by_generation:
-        replies = model.generate(images[by_generation], [items[i].prompt for i in by_generation], args.max_new_tokens)
-        for i, reply in zip(by_generation, replies):
-            pred, ok = B.judge(items[i], reply)
-            out[i] = dict(reply=reply, prediction=pred, correct=ok, method="generate")
+    if generated:
+        replies = model.generate(images[generated], [items[i].prompt for i in generated], args.max_new_tokens)
+        for i, reply in zip(generated, replies):
+            prediction, correct = B.judge(items[i], reply)
+            out[i] = dict(reply=reply, prediction=prediction, correct=correct, method="generate")
     return out
 
 
 def evaluate(model, items: list[B.Item], args, label: str) -> tuple[list[dict], list]:
-    """Records (one per answered item) and the items skipped for an unreadable image."""
+    """One record per answered item, and (id, reason) for items whose image could not be read."""
     records, skipped = [], []
     size, mean, aspect = model.image_size, model.image_mean, model.cfg.image_aspect
-    with tqdm(total=len(items), desc=label, unit="q") as bar:
-        for start in range(0, len(items), args.batch_size):
-            batch, images = [], []
-            for it in items[start:start + args.batch_size]:
-                try:
-                    images.append(load_image(it.image, size, mean, aspect, record_id=it.id))
-                    batch.append(it)
-                except BadRecord as e:
-                    if not args.skip_missing:
-                        raise
-                    skipped.append((it.id, e.reason))
-            if batch:
-                for it, res in zip(batch, answer(model, torch.stack(images), batch, args)):
-                    records.append(dict(id=it.id, task=it.task, source=it.source, type=it.type, pair=it.pair,
-                                        chance=it.chance, answer=it.answer, parsed=res["prediction"] is not None, **res))
-            bar.update(len(items[start:start + args.batch_size]))
+    bar = tqdm(total=len(items), desc=label, unit="q")
+    for start in range(0, len(items), args.batch_size):
+        batch, images = [], []
+        for it in items[start:start + args.batch_size]:
+            try:
+                images.append(load_image(it.image, size, mean, aspect, record_id=it.id))
+                batch.append(it)
+            except BadRecord as e:
+                if not args.skip_missing:
+                    raise
+                skipped.append((it.id, e.reason))
+        if batch:
+            for it, res in zip(batch, answer(model, torch.stack(images), batch, args)):
+                records.append(dict(id=it.id, task=it.task, source=it.source, type=it.type, pair=it.pair,
+                                    chance=it.chance, answer=it.answer, parsed=res["prediction"] is not None,
+                                    **res))
+        bar.update(len(items[start:start + args.batch_size]))
+    bar.close()
     return records, skipped
 
 
@@ -144,47 +149,43 @@ def table_rows(summary: dict) -> dict[str, dict]:
     return rows
 
 
-def _fmt(x) -> str:
-    return "  -  " if x is None else f"{x:.3f}"
-
-
 def print_table(title: str, method: str, runs: list[dict]) -> None:
-    labels = list(table_rows(runs[0]["summary"]))
-    width = max(len(l) for l in labels + ["unparseable answers"]) + 2
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    first = table_rows(runs[0]["summary"])
+    width = max(len(name) for name in first) + 2
     print(f"\n{title} | answer mode: {method} | {runs[0]['summary']['all']['n']} questions")
-    print("".ljust(width) + "".join(r["label"][:12].rjust(14) for r in runs) + "n".rjust(7) + "chance".rjust(9))
-    for name in labels:
+    print(" " * width + "".join(r["label"][:12].rjust(14) for r in runs) + "n".rjust(7) + "chance".rjust(9))
+    for name, ref in first.items():
         cells = [table_rows(r["summary"]).get(name, {}).get("accuracy") for r in runs]
-        ref = table_rows(runs[0]["summary"])[name]
-        print(name.ljust(width) + "".join(_fmt(c).rjust(14) for c in cells) + str(ref["n"]).rjust(7) + _fmt(ref["chance"]).rjust(9))
-    for key, name in (("unparseable", "unparseable answers"), ("skipped", "skipped rows/images")):
-        vals = [r["summary"]["unparseable"] if key == "unparseable" else len(r["skipped"]) for r in runs]
-        print(name.ljust(width) + "".join(str(v).rjust(14) for v in vals))
+        print(name.ljust(width) + "".join(fmt(c).rjust(14) for c in cells)
+              + str(ref["n"]).rjust(7) + fmt(ref["chance"]).rjust(9))
+    print("unparseable".ljust(width) + "".join(str(r["summary"]["unparseable"]).rjust(14) for r in runs))
+    print("skipped images".ljust(width) + "".join(str(len(r["skipped"])).rjust(14) for r in runs))
 
 
 def plot_bars(runs: list[dict], title: str, path: Path) -> None:
-    """Grouped bars: one group per task (+ the headline number), one bar per checkpoint; chance
-    is the dashed black line over each group."""
+    """Grouped bars: one group per task plus the headline number, one bar per checkpoint; chance
+    is the dashed black line across each group."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {**runs[0]["summary"]["per_task"], "headline": runs[0]["summary"]["headline"]}
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups) * max(1, len(runs) / 2), 3.8), dpi=110)
+    def groups(summary):
+        return {**summary["per_task"], summary["headline"]["name"].split(" (")[0]: summary["headline"]}
+
+    names, width = list(groups(runs[0]["summary"])), 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(2 + len(names) * (0.5 + 0.35 * len(runs)), 3.8), dpi=110)
     for k, run in enumerate(runs):
-        found = {**run["summary"]["per_task"], "headline": run["summary"]["headline"]}
-        ys = [found.get(g, {}).get("accuracy") or 0.0 for g in groups]
-        ax.bar([x - 0.4 + width * (k + 0.5) for x in range(len(groups))], ys, width, label=run["label"])
-    for x, g in enumerate(groups.values()):
+        found = groups(run["summary"])
+        ys = [(found.get(g, {}).get("accuracy") or 0.0) for g in names]
+        ax.bar([x - 0.4 + width * (k + 0.5) for x in range(len(names))], ys, width, label=run["label"])
+    for x, g in enumerate(groups(runs[0]["summary"]).values()):
         if g["chance"] is not None:
             ax.hlines(g["chance"], x - 0.45, x + 0.45, colors="black", linestyles="--", linewidth=1.2,
                       label="chance" if x == 0 else None)
-    names = list(groups)[:-1] + [runs[0]["summary"]["headline"]["name"].split(" (")[0]]
-    ax.set_xticks(range(len(groups)), names, rotation=20 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
+    ax.set_xticks(range(len(names)), names, rotation=25 if len(names) > 6 else 0,
+                  ha="right" if len(names) > 6 else "center")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
@@ -192,8 +193,8 @@ def plot_bars(runs: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out_dir: Path, args, runs: list[dict], load_skipped: list, n_items: int) -> dict[str, Path]:
-    """<bench>.json, .csv, _predictions.jsonl and .png under out_dir; returns their paths."""
+def write_outputs(out_dir: Path, args, runs: list[dict], load_skipped: list, n_items: int) -> dict:
+    """<bench>.json, .csv, .png and _predictions.jsonl under out_dir; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{args.bench}{ext}" for ext in (".json", ".csv", ".png")}
     paths["predictions"] = out_dir / f"{args.bench}_predictions.jsonl"
@@ -201,16 +202,17 @@ def write_outputs(out_dir: Path, args, runs: list[dict], load_skipped: list, n_i
     result = dict(bench=args.bench, bench_dir=args.bench_dir, answer_mode=args.answer_mode, method=method,
                   score_target=args.score_target if args.answer_mode == "likelihood" else None,
                   n_items=n_items, limit=args.limit, skipped_rows=[list(s) for s in load_skipped],
-                  checkpoints=[{k: r[k] for k in ("label", "path", "seconds", "summary")} | {"skipped_images": r["skipped"]}
-                               for r in runs])
+                  checkpoints=[dict(label=r["label"], path=r["path"], seconds=r["seconds"],
+                                    skipped_images=r["skipped"], summary=r["summary"]) for r in runs])
     paths[".json"].write_text(json.dumps(result, indent=1))
     with open(paths[".csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "bench", "answer_mode", "method", "metric", "accuracy", "n", "chance"])
         for r in runs:
-            for name, m in table_rows(r["summary"]).items():
-                w.writerow([r["label"], args.bench, args.answer_mode, method, name, m["accuracy"], m["n"], m["chance"]])
-            w.writerow([r["label"], args.bench, args.answer_mode, method, "unparseable answers", "", r["summary"]["unparseable"], ""])
+            head = [r["label"], args.bench, args.answer_mode, method]
+            w.writerows(head + [name, m["accuracy"], m["n"], m["chance"]]
+                        for name, m in table_rows(r["summary"]).items())
+            w.writerow(head + ["unparseable answers", "", r["summary"]["unparseable"], ""])
     with open(paths["predictions"], "w") as f:
         for r in runs:
             f.writelines(json.dumps({"checkpoint": r["label"], **rec}) + "\n" for rec in r["records"])
@@ -219,6 +221,7 @@ def write_outputs(out_dir: Path, args, runs: list[dict], load_skipped: list, n_i
 
 
 def _labels(dirs: list[str]) -> list[str]:
+    """Checkpoint folder names; repeated names get #k so bars and columns stay apart."""
     names = [Path(d).resolve().name for d in dirs]
     return [n if names.count(n) == 1 else f"{n}#{k}" for k, n in enumerate(names)]
 
@@ -237,10 +240,10 @@ def main(argv=None) -> dict:
             t0 = time.time()
             model = JarvisModel.from_checkpoint(ckpt).to(args.device).eval()
             records, bad_images = evaluate(model, items, args, label)
-            runs.append(dict(label=label, path=str(ckpt), records=records, skipped=[list(s) for s in bad_images],
-                             summary=B.summarize(args.bench, records), seconds=round(time.time() - t0, 2)))
-            del model
-    except BadRecord as e:
+            runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
+                             summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))
+            del model  # one model in memory at a time
+    except BadRecord as e:  # a missing/unreadable image without --skip-missing: name the row and stop
         raise SystemExit(f"eval.py: {e}") from None
     if skipped:
         print(f"skipped {len(skipped)} rows while loading, e.g. {skipped[0][0]!r}: {skipped[0][1]}")

@@ -144,4 +144,20 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         tok.pad_token = fallback
     if len(tok(IMAGE_TOKEN, add_special_tokens=False)["input_ids"]) != 1:
         raise ValueError(f"tokenizer {name!r} splits {IMAGE_TOKEN!r} into several ids")
+    if tok.chat_template is None:
+        # vicuna-7b-v1.5 ships none: LLaVA-1.5 trains it with its "v1" conversation format.
+        tok.chat_template = VICUNA_V1_TEMPLATE
     return tok
+
+
+# LLaVA's conv_vicuna_v1: a fixed system line, "USER: ... ASSISTANT: ...</s>" turns.
+VICUNA_V1_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}A chat between a curious user and an "
+    "artificial intelligence assistant. The assistant gives helpful, detailed, and polite "
+    "answers to the user's questions. {% endif %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }} "
+    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }} "
+    "{% elif m['role'] == 'assistant' %}ASSISTANT: {{ m['content'] }}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")

@@ -18,6 +18,16 @@ from minijarvis import benchmarks as B
 from minijarvis.model import JarvisModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's matrices are too small to gain from threads, and on a shared 2-core machine
+    two processes with 2 OpenMP threads each slow each other down ~10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- fixtures in each real format
 def _image(path, k: int, ext_size: int = 24) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,11 +133,12 @@ def test_extract_letter_reads_each_answer_form(reply):
     assert B.extract_letter(reply, ["left", "right"]) == "B", f"{reply!r} names option B"
 
 
-@pytest.mark.parametrize("reply", ["", "I don't know", "left or right", "(C)", "E", "The answer is a cube",
-                                   "A cube is on the left side of it"])
-def test_extract_letter_returns_none_unless_exactly_one_option_is_named(reply):
-    choices = ["left", "right"] if "side" not in reply else ["1", "2"]
-    assert B.extract_letter(reply, choices) is None, f"{reply!r} must be unparseable"
+@pytest.mark.parametrize("reply,choices", [
+    ("", ["left", "right"]), ("I don't know", ["left", "right"]), ("left or right", ["left", "right"]),
+    ("(C)", ["left", "right"]), ("E", ["left", "right"]), ("The answer is a cube", ["cube", "ball"][::-1][:1] * 2),
+    ("A cube is on the left side of it", ["1", "2"])])
+def test_extract_letter_returns_none_unless_exactly_one_option_is_named(reply, choices):
+    assert B.extract_letter(reply, choices) is None, f"{reply!r} must be unparseable with options {choices}"
 
 
 def test_extract_letter_prefers_the_longest_matching_option_text():
@@ -135,7 +146,7 @@ def test_extract_letter_prefers_the_longest_matching_option_text():
 
 
 # ---------------------------------------------------------------- formats and scores
-def test_cvbench_official_combination_averages_sources_not_items(monkeypatch, tmp_path):
+def test_cvbench_official_combination_averages_sources_not_items(monkeypatch, tmp_path, capsys):
     write_cvbench(tmp_path / "cv")
     # ADE20K 1/2 right, COCO 4/4, Omni3D 1/4 -> 2D = (0.5 + 1) / 2 (pooled would be 5/6), 3D = 0.25
     wrong = {1, 6, 7, 8}
@@ -148,6 +159,9 @@ def test_cvbench_official_combination_averages_sources_not_items(monkeypatch, tm
     assert metric(res, "combined", "overall", "accuracy") == pytest.approx(0.5), "overall = mean of 2D and 3D"
     assert metric(res, "combined", "overall", "chance") == pytest.approx((0.375 + 0.5) / 2)
     assert metric(res, "per_task", "Count", "chance") == 0.25 and res["answer_mode"] == "likelihood"
+    printed = capsys.readouterr().out
+    assert "answer mode: likelihood of the option text" in printed and "chance" in printed, \
+        "the printed header names the method and the table shows chance"
 
 
 def test_likelihood_scores_the_requested_option_strings(monkeypatch, tmp_path):
@@ -218,6 +232,18 @@ def test_missing_image_stops_naming_the_row_unless_skip_missing(monkeypatch, tmp
     assert metric(res, "pairs", "incomplete") == 1 and metric(res, "pairs", "accuracy") == 1.0
 
 
+def test_unreadable_image_is_skipped_and_counted_with_skip_missing(monkeypatch, tmp_path):
+    write_mmvp(tmp_path / "mmvp")
+    (tmp_path / "mmvp" / "MMVP Images" / "2.jpg").write_bytes(b"not a jpeg")
+    args = ["--bench", "mmvp", "--bench-dir", str(tmp_path / "mmvp"), "--answer-mode", "generate"]
+    model = FakeModel(replies={1: "A", 3: "A", 4: "B"})
+    with pytest.raises(SystemExit, match="record '2'.*cannot decode"):
+        run_main(monkeypatch, tmp_path, model, args)
+    res = run_main(monkeypatch, tmp_path, model, args + ["--skip-missing"])
+    assert [s[0] for s in res["checkpoints"][0]["skipped_images"]] == ["2"]
+    assert metric(res, "all", "n") == 3 and metric(res, "pairs", "n") == 1
+
+
 def test_malformed_rows_are_skipped_and_counted(tmp_path):
     write_cvbench(tmp_path / "cv")
     path = tmp_path / "cv" / "test.jsonl"
@@ -236,9 +262,18 @@ def test_take_spreads_a_limit_over_tasks_in_file_order():
     assert len(B.take(items, None)) == 8
 
 
-def test_bench_dir_is_required_for_real_benchmarks():
+def test_bench_dir_is_required_for_real_benchmarks(capsys):
     with pytest.raises(SystemExit):
         evalpy.parse_args(["--checkpoint", "x", "--bench", "cvbench"])
+    assert "--bench-dir" in capsys.readouterr().err
+
+
+def test_help_documents_every_folder_layout(capsys):
+    with pytest.raises(SystemExit):
+        evalpy.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for needle in ("test.jsonl", "Questions.csv", "MMVP Images", "image_1", "sub_task", "A. x"):
+        assert needle in text, f"--help must document {needle!r}"
 
 
 # ---------------------------------------------------------------- end to end on a real tiny model

@@ -116,3 +116,19 @@ def test_load_adds_image_token_and_pad_fallback(tmp_path):
         "load_tokenizer did not make <image> a single special token"
     assert IMAGE_TOKEN in loaded.all_special_tokens
     assert loaded.pad_token == "</s>", "pad should fall back to eos"
+
+
+def test_a_tokenizer_without_chat_template_gets_llava_v1(tmp_path):
+    """vicuna-7b-v1.5 ships no chat template; stage 2 must still build ids and labels."""
+    from minijarvis.data import encode_conversation
+    from minijarvis.tokenizer import VICUNA_V1_TEMPLATE, build_tokenizer, load_tokenizer
+    tok = build_tokenizer()
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.chat_template == VICUNA_V1_TEMPLATE
+    ids, labels = encode_conversation(loaded, [{"from": "human", "value": "<image>\nHi"},
+                                               {"from": "gpt", "value": "Hello"}])
+    text = loaded.decode([i for i, lab in zip(ids, labels) if lab != -100])
+    assert text.strip() == "Hello</s>", text
+    assert "USER: " in loaded.decode(ids) and "ASSISTANT:" in loaded.decode(ids)
