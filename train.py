@@ -51,7 +51,11 @@ class Trainer:
         self.model, self.dataset, self.collate, self.tcfg, self.info = model, dataset, collate, tcfg, info
         self.output, self.ckpt_dir, self.log_path = output, output / "checkpoint", output / "log.jsonl"
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.mask_gen = torch.Generator().manual_seed(tcfg.seed)  # same seed on every rank
+        # The lambda coin: one seed on every rank, so all ranks take the same branch (the
+        # release draws it per rank: --lambda-per-rank). Masks: each rank its own, as the release.
+        lam_seed = tcfg.seed + (info.rank if tcfg.lambda_per_rank else 0)
+        self.lambda_gen = torch.Generator().manual_seed(lam_seed)
+        self.mask_gen = torch.Generator().manual_seed(tcfg.seed + 7919 * (info.rank + 1))
         self.per_rank = len(dataset) // info.world_size
         self.micro_per_epoch = self.per_rank // tcfg.batch_size
         if self.micro_per_epoch < tcfg.grad_accum:
@@ -131,7 +135,7 @@ class Trainer:
             for micro in range(tcfg.grad_accum):
                 batch = self._next_batch(stream)
                 with self._sync_context(last=micro == tcfg.grad_accum - 1), self._autocast():
-                    out = self.wrapped(batch, generator=self.mask_gen)
+                    out = self.wrapped(batch, generator=self.lambda_gen, mask_generator=self.mask_gen)
                 (out["loss"] / tcfg.grad_accum).backward()
                 for key in ("loss", "ntp_loss", "jepa_loss", "align_loss"):
                     if out.get(key) is not None:
@@ -240,7 +244,7 @@ class Trainer:
                 self.model.save_checkpoint(tmp, state=model_state, **self._configs())
                 progress = dict(step=self.step, positions=positions, total=self.total,
                                 skipped=self.num_skipped)
-                runtime.save_trainer_state(tmp, optim_state, progress, self.mask_gen)
+                runtime.save_trainer_state(tmp, optim_state, progress, self._generators())
             runtime.plot_log(self.log_path, self.output / "loss.png", self._title())
         self._barrier()
 
@@ -253,7 +257,7 @@ class Trainer:
 
     def resume(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        optim_state, progress = runtime.load_trainer_state(self.ckpt_dir, self.mask_gen)
+        optim_state, progress = runtime.load_trainer_state(self.ckpt_dir, self._generators())
         set_optimizer_state_dict(self.model, self.optimizer, optim_state,
                                  options=StateDictOptions(full_state_dict=True))
         self.step = progress["step"]
@@ -262,6 +266,9 @@ class Trainer:
         if self.info.rank == 0:
             runtime.truncate_log(self.log_path, self.step)
         print0(f"resumed at step {self.step}/{progress['total']} from {self.ckpt_dir}")
+
+    def _generators(self) -> dict:
+        return {"lambda": self.lambda_gen, "mask": self.mask_gen}
 
     def _configs(self) -> dict:
         return dict(train=self.tcfg)

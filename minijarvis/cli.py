@@ -43,11 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--bidirectional-visual", choices=("on", "off"), default=None, help="all visual tokens attend each other (release: on for jarvis only)")
     m.add_argument("--pos-embed", action="store_true", default=None, help="paper: z + phi(i); release: z alone")
     m.add_argument("--mask-clean", action="store_true", help="sampler without the release's quirks")
+    m.add_argument("--lambda-per-rank", action="store_true", help="each rank draws the lambda coin itself, as the release (ranks may take different branches)")
     m.add_argument("--paper-context-aspect", action="store_true", help="context block aspect in (0.75, 1.5) as the paper's text says (release: 1.0)")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="", help="LLaVA JSON (558k captions / 665k instructions); default: built-in synthetic shapes")
     d.add_argument("--image-folder", default="", help="folder the JSON's image paths are relative to")
     d.add_argument("--synthetic-size", type=int, default=512, help="records of built-in data")
+    d.add_argument("--plain-style", choices=("release", "llava"), default="release", help="stage-1 template: release = <image>+caption; llava adds BOS and a trailing newline")
     d.add_argument("--image-aspect", choices=("pad", "resize"), default=None, help="LLaVA pads to a square in the encoder's mean colour")
     d.add_argument("--max-length", type=int, default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
     d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
@@ -127,7 +129,8 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                       max_grad_norm=args.max_grad_norm, seed=args.seed, bf16=args.bf16,
                       gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
-                      log_every=args.log_every, num_workers=args.num_workers, strict=args.strict)
+                      log_every=args.log_every, num_workers=args.num_workers, strict=args.strict,
+                      plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank)
     cfg.validate()
     return cfg
 
@@ -169,7 +172,8 @@ def build_run(args, info: DistInfo) -> Run:
     dataset = LlavaDataset(data, folder or ".", model.tokenizer, stage=model.stage,
                            image_size=model.image_size, image_mean=model.image_mean,
                            aspect=model.cfg.image_aspect, max_length=model.cfg.max_length,
-                           num_visual=model.num_visual, strict=tcfg.strict)
+                           num_visual=model.num_visual, strict=tcfg.strict,
+                           plain_style=tcfg.plain_style)
     if dataset.num_invalid:
         from .data import format_skips
         print0("at load, " + format_skips(dataset.problems))

@@ -120,9 +120,12 @@ class TrainConfig:
     log_every: int = 1
     num_workers: int = 0
     strict: bool = False  # stop on the first bad record instead of skipping and counting it
+    plain_style: str = "release"  # stage-1 template: release (no BOS/"\n") or llava (BOS, "\n")
+    lambda_per_rank: bool = False  # release: each rank draws the lambda coin on its own
 
     def validate(self) -> None:
         _choice("stage", self.stage, STAGES)
+        _choice("plain_style", self.plain_style, ("release", "llava"))
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

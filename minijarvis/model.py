@@ -143,15 +143,16 @@ class JarvisModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict, generator: torch.Generator | None = None,
-                run_jepa: bool | None = None) -> dict:
+                run_jepa: bool | None = None, mask_generator: torch.Generator | None = None) -> dict:
         """One forward pass; returns ``loss``, ``ntp_loss``, the auxiliary loss and ``jepa_ran``.
 
-        ``batch`` as made by ``data.collate`` (see /README). ``generator`` drives the lambda draw
-        and the masks; seed it identically on every rank so all ranks take the same branch.
+        ``batch`` as made by ``data.collate``. ``generator`` draws the lambda coin: seed it
+        identically on every rank so all ranks take the same branch. ``mask_generator`` draws
+        the masks (default: ``generator``); train.py gives each rank its own, as the release.
         ``run_jepa`` overrides the lambda draw (True/False) for tests and tutorials.
         """
         images = batch["images"]
-        x = self.prepare_inputs(batch, generator, run_jepa)
+        x = self.prepare_inputs(batch, generator, run_jepa, mask_generator)
         jepa, layout, has_image, vis = x["jepa_ran"], x["layout"], x["has_image"], x["vis"]
         h_j = {}
         aux_name = {"jarvis": "jepa_loss", "nomask": "align_loss", "viral": "align_loss"}.get(
@@ -203,7 +204,8 @@ class JarvisModel(nn.Module):
         return token_cross_entropy(logits, targets[keep])
 
     def prepare_inputs(self, batch: dict, generator: torch.Generator | None = None,
-                       run_jepa: bool | None = False) -> dict:
+                       run_jepa: bool | None = False,
+                       mask_generator: torch.Generator | None = None) -> dict:
         """Splice the image into the sequence and build its attention mask.
 
         Returns ``embeds`` [B,L,d], ``mask`` (2D padding mask, or additive 4D / BlockMask),
@@ -223,7 +225,8 @@ class JarvisModel(nn.Module):
             jepa = bool(run_jepa)
         layout = None
         if jepa:
-            layout = self.sampler(batch["input_ids"].shape[0], generator=generator).to(vis.device)
+            masks_from = mask_generator if mask_generator is not None else generator
+            layout = self.sampler(batch["input_ids"].shape[0], generator=masks_from).to(vis.device)
             latent = self.z + self.phi if self.cfg.pos_embed else self.z
             vis = torch.where(layout.target_union[..., None], latent.to(vis.dtype), vis)
         embeds, padding, labels = self._splice(batch, vis, text_index, slot_index, is_visual)

@@ -63,9 +63,10 @@ def cosine_lr(step: int, total: int, base: float, warmup_ratio: float = 0.03) ->
 
 
 # ----------------------------------------------------------------- resumable state
-def rng_state(mask_generator: torch.Generator) -> tuple[dict, dict]:
+def rng_state(generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
     """(tensors, json) holding every random state a run consumes."""
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.mask": mask_generator.get_state()}
+    tensors = {"rng.torch": torch.get_rng_state()}
+    tensors.update({f"rng.gen.{k}": g.get_state() for k, g in generators.items()})
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     py = random.getstate()
@@ -75,9 +76,10 @@ def rng_state(mask_generator: torch.Generator) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def set_rng_state(tensors: dict, meta: dict, mask_generator: torch.Generator) -> None:
+def set_rng_state(tensors: dict, meta: dict, generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    mask_generator.set_state(tensors["rng.mask"])
+    for k, g in generators.items():
+        g.set_state(tensors[f"rng.gen.{k}"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     v, state, gauss = meta["python"]
@@ -87,11 +89,11 @@ def set_rng_state(tensors: dict, meta: dict, mask_generator: torch.Generator) ->
 
 
 def save_trainer_state(directory: Path, optimizer_state: dict, progress: dict,
-                       mask_generator: torch.Generator) -> None:
+                       generators: dict[str, torch.Generator]) -> None:
     """Optimizer state (flattened to safetensors; keyed by parameter name, as
     ``torch.distributed.checkpoint.state_dict`` gives it), progress (step, data position, ...)
     and RNGs."""
-    tensors, meta = rng_state(mask_generator)
+    tensors, meta = rng_state(generators)
     scalars = {}
     for pid, state in optimizer_state["state"].items():
         for key, value in state.items():
@@ -105,7 +107,7 @@ def save_trainer_state(directory: Path, optimizer_state: dict, progress: dict,
     (directory / "trainer.json").write_text(json.dumps(payload, indent=1))
 
 
-def load_trainer_state(directory: Path, mask_generator: torch.Generator) -> tuple[dict, dict]:
+def load_trainer_state(directory: Path, generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
     """Inverse of :func:`save_trainer_state`: returns (optimizer_state, progress); restores RNGs."""
     tensors = load_file(str(directory / "trainer.safetensors"))
     payload = json.loads((directory / "trainer.json").read_text())
@@ -117,7 +119,7 @@ def load_trainer_state(directory: Path, mask_generator: torch.Generator) -> tupl
     for name, value in payload["optim_scalars"].items():
         pid, key = name.rsplit("/", 1)
         state.setdefault(pid, {})[key] = value
-    set_rng_state(tensors, payload["rng"], mask_generator)
+    set_rng_state(tensors, payload["rng"], generators)
     return {"state": state, "param_groups": payload["param_groups"]}, payload["progress"]
 
 

@@ -135,7 +135,7 @@ def test_extract_letter_reads_each_answer_form(reply):
 
 @pytest.mark.parametrize("reply,choices", [
     ("", ["left", "right"]), ("I don't know", ["left", "right"]), ("left or right", ["left", "right"]),
-    ("(C)", ["left", "right"]), ("E", ["left", "right"]), ("The answer is a cube", ["cube", "ball"][::-1][:1] * 2),
+    ("(C)", ["left", "right"]), ("E", ["left", "right"]), ("The answer is a cube", ["ball", "cone"]),
     ("A cube is on the left side of it", ["1", "2"])])
 def test_extract_letter_returns_none_unless_exactly_one_option_is_named(reply, choices):
     assert B.extract_letter(reply, choices) is None, f"{reply!r} must be unparseable with options {choices}"
