@@ -35,6 +35,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -87,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settle(args) -> torch.device:
     """Fill the device-dependent defaults in ``args``; return the device."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
     cuda, tiny = device.type == "cuda", args.preset == "tiny"
     args.batch_size = args.batch_size or (16 if cuda else 8 if tiny else 1)
     args.bf16 = (cuda or not tiny) if args.bf16 is None else args.bf16
@@ -311,15 +314,14 @@ def measure_stage2(model, args, device) -> dict:
     """LLaVA stage 2: F_tgt, z, proj_tgt dropped; LLM + proj train (fp32 master weights with --bf16)."""
     model.target_encoder = model.proj_tgt = model.z = model.sampler = None
     model.llm.requires_grad_(True)
-    if args.bf16:
-        model.llm.float()
     weights, n = "fp32" + (" master, bf16 autocast" if args.bf16 else ""), sum(p.numel() for p in model.llm.parameters())
-    ram = available_ram()
-    if device.type == "cpu" and ram is not None and n * 12 > 0.8 * ram:  # + fp32 grad + 2 AdamW states
-        model.llm.to(torch.bfloat16)
+    ram = available_ram() if device.type == "cpu" else None
+    if ram is not None and n * (16 - 2 * args.bf16) > 0.8 * ram:  # fp32 weights, grads, 2 AdamW states
+        if not args.bf16 or n * 6 > 0.8 * ram:  # bf16 grads + 2 states on top of the bf16 weights
+            return dict(skipped=f"{n / 1e9:.2f}B trainable parameters: grads + AdamW do not fit in {ram / 2**30:.0f} GiB RAM")
         weights = "bf16 (fp32 master weights do not fit in RAM)"
-        if n * 6 > 0.8 * ram:
-            return dict(skipped=f"{n / 1e9:.1f}B trainable parameters: grads + AdamW do not fit in {ram / 2**30:.0f} GiB RAM")
+    elif args.bf16:
+        model.llm.float()
     opt, probe = make_optimizer(model, device), synthetic_batch(model, 1, "finetune", args, device)
     if device.type == "cuda" and not fits(model, opt, probe, args, device):
         del opt
@@ -369,3 +371,105 @@ def check_targets(s1: dict) -> list[dict]:
                  passed_activations_only=jv["peak_mib"] <= mem - tgt["weights"],
                  text=f"jarvis {jv['peak_mib']:.1f} MiB <= 1.05 x llava {ll['peak_mib']:.1f} + F_tgt weights "
                       f"{tgt['weights']:.1f} + F_tgt activations {tgt['activations']:.1f} = {mem:.1f} MiB")]
+
+
+def readme_table(results) -> list[str]:
+    """Markdown rows for the README's speed/memory table."""
+    lines = ["| LLM (random weights) | device | stage, method | batch | step (ms) | samples/s | tokens/s | peak (GiB) | MFU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for stage in ("stage1", "stage2"):
+            s = r.get(stage) or {}
+            for m, row in s.get("methods", {}).items():
+                util = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+                lines.append(f"| {r['model']['name']} | {r['env']['device']} | {stage[-1]}, {m} | {s['batch_size']} | "
+                             f"{row['step_ms']:.0f} | {row['samples_per_s']:.2f} | {row['tokens_per_s']:.0f} | "
+                             f"{row['peak_mib'] / 1024:.2f} | {util} |")
+    return lines
+
+
+def print_report(res: dict) -> None:
+    a, env, s1 = res["args"], res["env"], res["stage1"]
+    print(f"\nminijarvis bench: {res['model']['name']} on {env['device']}, {env['date']}")
+    print(f"{'bf16 (train.py --bf16)' if a['bf16'] else 'fp32'}, gradient checkpointing "
+          f"{'on' if a['grad_ckpt'] else 'off'}, attention {res['model']['attn']}; median of {a['steps']} "
+          f"steps after {a['warmup']} warm-up rounds, methods interleaved")
+    print(f"{'stage':<6}{'method':<8}{'batch':>6}{'seq':>6}{'step ms':>10}{'samples/s':>11}{'tokens/s':>10}"
+          f"{'peak MiB':>10}{'= static':>10}{' + transient':>13}{'MFU':>7}")
+    for stage in ("stage1", "stage2"):
+        s = res.get(stage) or {}
+        if "skipped" in s:
+            print(f"{stage[-1]:<6}skipped: {s['skipped']}")
+        for m, r in s.get("methods", {}).items():
+            util = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            print(f"{stage[-1]:<6}{m:<8}{s['batch_size']:>6}{s['seq_len']:>6}{r['step_ms']:>10.1f}{r['samples_per_s']:>11.2f}"
+                  f"{r['tokens_per_s']:>10.0f}{r['peak_mib']:>10.1f}{r['static_mib']:>10.1f}{r['transient_mib']:>13.1f}{util:>7}")
+    if res.get("stage2", {}).get("weights"):
+        print(f"stage 2 weights: {res['stage2']['weights']}")
+    if "breakdown_ms" in s1:
+        jv = s1["methods"]["jarvis"]["step_ms"]
+        parts = dict(s1["breakdown_ms"], other=jv - sum(v for k, v in s1["breakdown_ms"].items() if k != "llm_fwd_bwd_causal"))
+        print("JARVIS step breakdown (median ms, % of the jarvis step; llm_fwd_bwd_causal = same LLM work with LLaVA's mask, not a part):")
+        print("  " + "  ".join(f"{k} {v:.2f} ({100 * v / jv:.1f}%)" for k, v in parts.items()))
+    for k, v in (res.get("attention") or {}).items():
+        print(f"attention {k}: " + (v if isinstance(v, str) else f"{v['step_ms']:.1f} ms, transient {v['transient_mib']:.0f} MiB"))
+    for t in res["targets"]:
+        print(f"[{'PASS' if t['passed'] else 'FAIL'}] {t['name']}: {t['text']}")
+
+
+def run(args) -> dict:
+    device = settle(args)
+    start = time.perf_counter()
+    model = build_model(args, device)
+    layers, full = model.llm.config.get_text_config().num_hidden_layers, preset(args.preset).llm_arch["num_hidden_layers"]
+    name = args.preset + (f" ({layers} of {full} layers)" if layers != full else "")
+    res = dict(env=environment(device), args=vars(args).copy(),
+               model=dict(name=name, build_s=time.perf_counter() - start, llm_layers=layers, grid=model.grid,
+                          jepa_layer=model.jepa_layer, attn=model.llm.config._attn_implementation,
+                          llm_params=sum(p.numel() for p in model.llm.parameters())))
+    res["stage1"] = measure_stage1(model, args, device)
+    res["targets"] = check_targets(res["stage1"])
+    if args.attn_compare:
+        res["attention"] = measure_attention(model, args, device)
+    if not args.no_stage2:
+        res["stage2"] = measure_stage2(model, args, device)
+    res["readme"] = readme_table([res])
+    tag = f"-{layers}l" if layers != full else ""
+    path = Path(args.output or f"runs/bench/{args.preset}{tag}-{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1, default=str))
+    print_report(res)
+    print(f"JSON: {path}")
+    return res
+
+
+def cuda_suite(args) -> dict:
+    """Every SUITE preset on the GPU (bf16, checkpointing, batch 16, stage-2 search); SDPA vs
+    Flex on the Llama-style one. A preset that fails is reported and the next one still runs."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda-suite needs a CUDA GPU (torch.cuda.is_available() is False)")
+    results = {}
+    for name in SUITE:
+        sub = dict_args(args, preset=name, device="cuda", llm_layers=None, output=None,
+                        attn_compare=name != "gemma2-2b", cuda_suite=False)
+        try:
+            results[name] = run(sub)
+        except Exception as err:  # noqa: BLE001 - keep the other preset's figures
+            traceback.print_exc()
+            results[name] = dict(error=repr(err))
+        gc.collect()
+        torch.cuda.empty_cache()
+    path = Path(args.output or "runs/bench/cuda-suite.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print("\nREADME table (python bench.py --cuda-suite):\n" + "\n".join(readme_table(r for r in results.values() if "stage1" in r)))
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    return cuda_suite(args) if args.cuda_suite else run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -153,14 +153,16 @@ def print_table(title: str, method: str, runs: list[dict]) -> None:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     first = table_rows(runs[0]["summary"])
     width = max(len(name) for name in first) + 2
+    cols = [max(8, len(r["label"]) + 2) for r in runs]
     print(f"\n{title} | answer mode: {method} | {runs[0]['summary']['all']['n']} questions")
-    print(" " * width + "".join(r["label"][:12].rjust(14) for r in runs) + "n".rjust(7) + "chance".rjust(9))
+    print(" " * width + "".join(r["label"].rjust(c) for r, c in zip(runs, cols)) + "n".rjust(7) + "chance".rjust(9))
     for name, ref in first.items():
         cells = [table_rows(r["summary"]).get(name, {}).get("accuracy") for r in runs]
-        print(name.ljust(width) + "".join(fmt(c).rjust(14) for c in cells)
+        print(name.ljust(width) + "".join(fmt(x).rjust(c) for x, c in zip(cells, cols))
               + str(ref["n"]).rjust(7) + fmt(ref["chance"]).rjust(9))
-    print("unparseable".ljust(width) + "".join(str(r["summary"]["unparseable"]).rjust(14) for r in runs))
-    print("skipped images".ljust(width) + "".join(str(len(r["skipped"])).rjust(14) for r in runs))
+    for name, counts in (("unparseable", [r["summary"]["unparseable"] for r in runs]),
+                         ("skipped images", [len(r["skipped"]) for r in runs])):
+        print(name.ljust(width) + "".join(str(n).rjust(c) for n, c in zip(counts, cols)))
 
 
 def plot_bars(runs: list[dict], title: str, path: Path) -> None:
@@ -187,7 +189,7 @@ def plot_bars(runs: list[dict], title: str, path: Path) -> None:
                   ha="right" if len(names) > 6 else "center")
     ax.set(ylim=(0, 1), ylabel="accuracy", title=title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -256,6 +256,16 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path):
     assert all(reason.startswith("malformed row") for _, reason in skipped)
 
 
+def test_shapesbench_exported_in_cvbench_format_loads_as_the_same_items(tmp_path):
+    from minijarvis.shapesbench import write_bench_jsonl
+    write_bench_jsonl(tmp_path / "sb", n_per_task=1)
+    from_files, skipped = B.load_cvbench(tmp_path / "sb")
+    in_memory, _ = B.load_shapes(n_per_task=1)
+    assert not skipped and len(from_files) == 4
+    for a, b in zip(from_files, in_memory):
+        assert (a.task, a.prompt, a.choices, a.answer, a.type) == (b.task, b.prompt, b.choices, b.answer, b.type)
+
+
 def test_take_spreads_a_limit_over_tasks_in_file_order():
     items = [B.Item(str(i), t, "p", ["a", "b"], "A", None) for i, t in enumerate("AAAABBBC")]
     assert [it.id for it in B.take(items, 5)] == ["0", "1", "4", "5", "7"]

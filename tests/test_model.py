@@ -236,3 +236,17 @@ def test_pos_embed_adds_phi_to_the_latent(tokenizer):
     t = x["layout"].target_union[0].nonzero().flatten()[:2]
     expect = model.z + model.phi[t]
     assert torch.allclose(x["vis"][0, t], expect), "target slots carry z + phi(i)"
+
+
+def test_flex_attention_block_mask_gives_the_dense_mask_result(tokenizer):
+    """The optional FlexAttention path (a BlockMask built from the same bool mask) computes
+    the same forward as SDPA with the additive mask (its backward needs CUDA)."""
+    dense = build(layers=1, tokenizer=tokenizer).eval()
+    flex = build(layers=1, tokenizer=tokenizer, llm_attn="flex_attention").eval()
+    flex.load_state_dict(dense.state_dict())
+    batch = make_batch(dense, pad_last=2)
+    with torch.no_grad():
+        a = dense(batch, torch.Generator().manual_seed(1), run_jepa=True)
+        b = flex(batch, torch.Generator().manual_seed(1), run_jepa=True)
+    assert torch.allclose(a["ntp_loss"], b["ntp_loss"], atol=1e-5)
+    assert torch.allclose(a["jepa_loss"], b["jepa_loss"], atol=1e-5)
