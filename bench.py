@@ -169,7 +169,7 @@ def train_step(model, opt, batch, method, g, args, device) -> float:
     torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"] if p.grad is not None], 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(out["loss"])
+    return float(out["loss"].detach())
 
 
 def llm_fwd_bwd(model, x) -> None:

@@ -155,7 +155,8 @@ def print_table(title: str, method: str, runs: list[dict]) -> None:
     width = max(len(name) for name in first) + 2
     cols = [max(8, len(r["label"]) + 2) for r in runs]
     print(f"\n{title} | answer mode: {method} | {runs[0]['summary']['all']['n']} questions")
-    print(" " * width + "".join(r["label"].rjust(c) for r, c in zip(runs, cols)) + "n".rjust(7) + "chance".rjust(9))
+    header = "".join(r["label"].rjust(c) for r, c in zip(runs, cols))
+    print(" " * width + header + "n".rjust(7) + "chance".rjust(9))
     for name, ref in first.items():
         cells = [table_rows(r["summary"]).get(name, {}).get("accuracy") for r in runs]
         print(name.ljust(width) + "".join(fmt(x).rjust(c) for x, c in zip(cells, cols))
@@ -245,7 +246,7 @@ def main(argv=None) -> dict:
             runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
                              summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))
             del model  # one model in memory at a time
-    except BadRecord as e:  # a missing/unreadable image without --skip-missing: name the row and stop
+    except (BadRecord, FileNotFoundError) as e:  # a missing image (no --skip-missing), file or checkpoint
         raise SystemExit(f"eval.py: {e}") from None
     if skipped:
         print(f"skipped {len(skipped)} rows while loading, e.g. {skipped[0][0]!r}: {skipped[0][1]}")

@@ -29,19 +29,21 @@ def one_thread():
 
 
 # ---------------------------------------------------------------- fixtures in each real format
-def _image(path, k: int, ext_size: int = 24) -> None:
+def _image(path, k: int) -> None:
+    """A 24x24 grey square of level 10 * k (PNG or JPG by the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (ext_size, ext_size), (10 * k,) * 3).save(path)
+    Image.new("RGB", (24, 24), (10 * k,) * 3).save(path)
 
 
 def _jsonl(path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_cvbench(root):
     """ADE20K: 2 Count rows, COCO: 4 Relation rows (2D); Omni3D: 4 Depth rows (3D)."""
-    rows, plan = [], [("2D", "Count", "ADE20K")] * 2 + [("2D", "Relation", "COCO")] * 4 + [("3D", "Depth", "Omni3D")] * 4
+    plan = [("2D", "Count", "ADE20K")] * 2 + [("2D", "Relation", "COCO")] * 4 + [("3D", "Depth", "Omni3D")] * 4
+    rows = []
     for k, (kind, task, source) in enumerate(plan):
         rel = f"img/{kind}/{task.lower()}/{source.lower()}_{k}.png"
         _image(root / rel, k)
@@ -72,16 +74,18 @@ def write_blink(root):
         return dict(idx=f"val_{k}", prompt=f"q{k}?\n(A) yes\n(B) no", choices=["yes", "no"], answer="(B)",
                     image_1=f"images/{k}.png", image_2=None, **extra)
     _jsonl(root / "Counting.jsonl", [row(1), row(2)])
-    _jsonl(root / "other.jsonl", [row(3, sub_task="Depth"), row(4, sub_task="Jigsaw") | {"image_2": "images/4.png"},
+    _jsonl(root / "other.jsonl", [row(3, sub_task="Depth"),
+                                  row(4, sub_task="Jigsaw") | {"image_2": "images/4.png"},
                                   row(5, sub_task="Depth") | {"answer": "(Z)"}])
 
 
 def write_realworldqa(root):
     """Multiple choice with a letter answer, with a text answer, and one open question."""
-    mc = "Which way is the car facing?\n\nA. Left\nB. Straight\nC. Right\n\nPlease answer directly with only the letter."
+    mc = ("Which way is the car facing?\n\nA. Left\nB. Straight\nC. Right\n\n"
+          "Please answer directly with only the letter of the correct option and nothing else.")
     rows = [dict(question=mc, answer="C", image="images/1.png"),
             dict(question=mc, answer="Straight", image="images/2.png"),
-            dict(question="How many cars are there? Please answer with a number.", answer="3", image="images/3.png")]
+            dict(question="How many cars are there? Answer with a number.", answer="3", image="images/3.png")]
     for k in (1, 2, 3):
         _image(root / "images" / f"{k}.png", k)
     _jsonl(root / "test.jsonl", rows)
@@ -127,8 +131,9 @@ def metric(result, *keys):
 
 
 # ---------------------------------------------------------------- letter extraction
-@pytest.mark.parametrize("reply", ["(B)", "B", "B.", "b)", "b", "Answer: B", "The answer is (B) left", "answer: b)",
-                                   "B. right", "right", "Right.", "The object is on the right.", "I pick B"])
+@pytest.mark.parametrize("reply", ["(B)", "B", "B.", "b)", "b", "Answer: B", "The answer is (B) left",
+                                   "answer: b)", "B. right", "right", "Right.", "The object is on the right.",
+                                   "I pick B"])
 def test_extract_letter_reads_each_answer_form(reply):
     assert B.extract_letter(reply, ["left", "right"]) == "B", f"{reply!r} names option B"
 
@@ -153,7 +158,8 @@ def test_cvbench_official_combination_averages_sources_not_items(monkeypatch, tm
     model = FakeModel(scores={k: [-1.0, -2.0, -3.0, -4.0][:4 if k < 2 else 2][::-1 if k in wrong else 1]
                               for k in range(10)})
     res = run_main(monkeypatch, tmp_path, model, ["--bench", "cvbench", "--bench-dir", str(tmp_path / "cv")])
-    assert metric(res, "per_source", "ADE20K", "accuracy") == 0.5 and metric(res, "per_source", "COCO", "accuracy") == 1.0
+    assert metric(res, "per_source", "ADE20K", "accuracy") == 0.5
+    assert metric(res, "per_source", "COCO", "accuracy") == 1.0
     assert metric(res, "combined", "2D", "accuracy") == pytest.approx(0.75), "2D = mean of ADE20K and COCO"
     assert metric(res, "combined", "3D", "accuracy") == pytest.approx(0.25), "3D = Omni3D"
     assert metric(res, "combined", "overall", "accuracy") == pytest.approx(0.5), "overall = mean of 2D and 3D"
@@ -214,7 +220,7 @@ def test_realworldqa_parses_options_and_generates_open_questions(monkeypatch, tm
     assert items[1].answer == "B", "a text answer maps to its option's letter"
     assert items[2].choices == [] and items[2].task == "open"
     model = FakeModel(replies={3: "3."}, scores={1: [0.0, -1.0, -2.0], 2: [-1.0, 0.0, -2.0]})
-    res = run_main(monkeypatch, tmp_path, model, ["--bench", "realworldqa", "--bench-dir", str(tmp_path / "rw")])
+    res = run_main(monkeypatch, tmp_path, model, ["--bench", "realworldqa", "--bench-dir", f"{tmp_path}/rw"])
     assert metric(res, "per_task", "multiple-choice", "accuracy") == 0.5
     assert metric(res, "per_task", "open", "accuracy") == 1.0, "'3.' matches '3' after normalisation"
     assert metric(res, "per_task", "open", "chance") is None
@@ -263,7 +269,8 @@ def test_shapesbench_exported_in_cvbench_format_loads_as_the_same_items(tmp_path
     in_memory, _ = B.load_shapes(n_per_task=1)
     assert not skipped and len(from_files) == 4
     for a, b in zip(from_files, in_memory):
-        assert (a.task, a.prompt, a.choices, a.answer, a.type) == (b.task, b.prompt, b.choices, b.answer, b.type)
+        fields = ("task", "prompt", "choices", "answer", "type")
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields], f"{a.id} differs"
 
 
 def test_take_spreads_a_limit_over_tasks_in_file_order():
@@ -295,7 +302,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode,copies,limit", [("likelihood", 2, 8), ("generate", 1, 4)])
-def test_main_evaluates_checkpoints_on_shapesbench_and_writes_results(tiny_checkpoint, tmp_path, mode, copies, limit):
+def test_main_evaluates_checkpoints_on_shapesbench_and_writes_results(tiny_checkpoint, tmp_path, mode, copies,
+                                                                        limit):
     out = tmp_path / "eval"
     res = evalpy.main(["--checkpoint"] + [str(tiny_checkpoint)] * copies + [
         "--bench", "shapes", "--limit", str(limit), "--answer-mode", mode, "--max-new-tokens", "3",
@@ -303,9 +311,10 @@ def test_main_evaluates_checkpoints_on_shapesbench_and_writes_results(tiny_check
     for name in ("shapes.json", "shapes.csv", "shapes.png", "shapes_predictions.jsonl"):
         assert (out / name).stat().st_size > 0, f"{name} was not written"
     if copies == 2:
-        assert [c["label"] for c in res["checkpoints"]] == ["tiny#0", "tiny#1"], "duplicate names get told apart"
+        assert [c["label"] for c in res["checkpoints"]] == ["tiny#0", "tiny#1"], "repeated names told apart"
     summary = res["checkpoints"][0]["summary"]
-    assert summary["all"]["n"] == limit and set(summary["per_task"]) == {"Count", "Relation", "Depth", "Distance"}
+    assert summary["all"]["n"] == limit, "--limit caps the number of items"
+    assert set(summary["per_task"]) == {"Count", "Relation", "Depth", "Distance"}, "--limit spreads over tasks"
     rows = list(csv.DictReader(open(out / "shapes.csv")))
     accs = [float(r["accuracy"]) for r in rows if r["accuracy"]]
     assert accs and all(0.0 <= a <= 1.0 for a in accs), "accuracies lie in [0, 1]"

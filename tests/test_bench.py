@@ -1,0 +1,126 @@
+"""bench.py and minijarvis.bench_utils: the helpers' arithmetic, the method views, the synthetic
+batch, and one tiny end-to-end run (JSON + table). Timing targets are never asserted here:
+figures come from the script, not from a timed test."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
+import bench  # noqa: E402
+from minijarvis.bench_utils import (LiveBytes, median, mfu, peak_flops, tensor_bytes,  # noqa: E402
+                                    train_flops)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    args = bench.parse_args(["--preset", "tiny", "--batch-size", "2", "--caption-len", "8"])
+    device = bench.settle(args)
+    return bench.build_model(args, device), args, device
+
+
+def test_median_of_odd_and_even_counts_and_empty_is_an_error():
+    assert median([3.0, 1.0, 2.0]) == 2.0, "odd count: the middle value"
+    assert median([4.0, 1.0, 2.0, 3.0]) == 2.5, "even count: mean of the two middle values"
+    with pytest.raises(ValueError, match="at least one step"):
+        median([])
+
+
+def test_train_flops_is_six_per_parameter_token_when_the_llm_trains_four_when_frozen():
+    assert train_flops(10, 100, llm_trains=True) == 6000, "stage 2: 6 N T"
+    assert train_flops(10, 100, llm_trains=False) == 4000, "stage 1: no weight gradients, 4 N T"
+    assert train_flops(10, 100, n_head=5, supervised=7, llm_trains=True) == 6 * (1000 + 35), \
+        "the LM head counts only at the supervised positions"
+    with pytest.raises(ValueError):
+        train_flops(-1, 100)
+
+
+def test_mfu_is_achieved_flops_over_peak_and_none_without_a_peak():
+    assert mfu(2e12, 2.0, 4e12) == pytest.approx(0.25)
+    assert mfu(1.0, 1.0, None) is None
+
+
+def test_peak_flops_prefers_the_specific_gpu_name():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12, "H100 SXM"
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12, "PCIe must not match the SXM entry"
+    assert peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("Some Unknown GPU") is None
+
+
+def test_tensor_bytes_counts_a_shared_storage_once():
+    a = torch.zeros(1000)  # 4000 bytes
+    assert tensor_bytes([a, a[10:], a.view(10, 100), None, 3]) == 4000, "views share one storage"
+    assert tensor_bytes([a, torch.zeros(10, dtype=torch.bfloat16)]) == 4020
+
+
+def test_live_bytes_tracks_peak_and_frees():
+    with LiveBytes() as lb:
+        x = torch.ones(1000)  # 4000 bytes
+        y = x * 2  # 4000 more
+        del y
+        z = x.add_(1)  # in place: no new storage
+    assert lb.peak == 8000, f"peak must be both tensors alive at once, got {lb.peak}"
+    assert lb.live == 4000, f"only x must still be alive, got {lb.live}"
+    assert z is x
+
+
+def test_method_views_run_the_intended_forward(tiny):
+    model, args, device = tiny
+    calls = []
+    hook = model.target_encoder.register_forward_hook(lambda *a: calls.append(1))
+    batch = bench.synthetic_batch(model, 2, "align", args, device)
+    g = torch.Generator().manual_seed(0)
+    try:
+        outs = {}
+        for m in bench.METHODS:
+            before = len(calls)
+            with bench.method_view(model, m) as run_jepa:
+                outs[m] = model(batch, g, run_jepa=run_jepa)
+            outs[m]["tgt_calls"] = len(calls) - before
+    finally:
+        hook.remove()
+    assert outs["llava"]["tgt_calls"] == 0 and outs["llava"]["jepa_loss"] is None, \
+        "the llava view must run no target encoder and no auxiliary loss"
+    assert outs["jarvis"]["jepa_ran"] and outs["jarvis"]["tgt_calls"] == 1, "the jarvis view runs JEPA every step"
+    assert outs["nomask"]["align_loss"] is not None and not outs["nomask"]["jepa_ran"], "nomask aligns, unmasked"
+    assert model.cfg.method == "jarvis" and model.bidirectional_visual, "a view must restore the model"
+
+
+def test_synthetic_batch_follows_the_collate_contract(tiny):
+    model, args, device = tiny
+    for stage, image_at in (("align", 0), ("finetune", 8)):
+        b = bench.synthetic_batch(model, 6, stage, args, device, seed=1)
+        ids, att, lab = b["input_ids"], b["attention_mask"], b["labels"]
+        assert ((ids == model.image_token_id).sum(1) == 1).all(), "one <image> per row"
+        assert (ids[:, image_at] == model.image_token_id).all(), f"{stage}: image at {image_at}"
+        assert (att.diff(dim=1) <= 0).all(), "right padding only"
+        assert (lab[att == 0] == -100).all() and (lab[:, :image_at + 1] == -100).all(), \
+            "no labels on padding, the prompt or the image"
+        assert (lab != -100).any(1).all(), "every row supervises some tokens"
+        assert len(set(att.sum(1).tolist())) > 1, "row lengths vary (padding present) by default"
+
+
+def test_main_on_tiny_writes_json_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "tiny.json"
+    res = bench.main(["--steps", "2", "--warmup", "1", "--batch-size", "2", "--caption-len", "8",
+                      "--chat-len", "24", "--output", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved) >= {"env", "args", "model", "stage1", "targets", "stage2", "readme"}
+    for key in ("device", "torch", "transformers", "date", "command"):
+        assert saved["env"].get(key), f"env.{key} missing"
+    rows = saved["stage1"]["methods"]
+    assert set(rows) == set(bench.METHODS)
+    for m, row in rows.items():
+        assert len(row["steps_ms"]) == 2 and row["step_ms"] > 0 and row["peak_mib"] > row["static_mib"] > 0, m
+        assert torch.isfinite(torch.tensor(row["loss"])), f"{m}: non-finite loss"
+    assert set(saved["stage1"]["breakdown_ms"]) == set(bench.PARTS)
+    assert [t["name"] for t in saved["targets"]] == ["step time", "masks", "memory"]
+    assert saved["stage2"]["methods"]["llava"]["static_mib"] > rows["llava"]["static_mib"], \
+        "stage 2 holds LLM gradients' optimizer state: more static memory than stage 1"
+    printed = capsys.readouterr().out
+    assert "jarvis" in printed and "step time" in printed and ("PASS" in printed or "FAIL" in printed)
+    assert res["readme"][0].startswith("| LLM"), "README rows returned"
