@@ -32,8 +32,6 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation near the limit
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -41,12 +39,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (PeakMemory, available_ram, environment, median, mfu,  # noqa: E402
-                                    peak_flops, tensor_bytes, timed, train_flops)
+from minijarvis.bench_utils import (METHODS, PeakMemory, autocast, available_ram, environment,  # noqa: E402
+                                    interleaved, is_oom, llm_fwd_bwd, make_optimizer, median,
+                                    method_view, mfu, peak_flops, release, static_bytes,
+                                    synthetic_batch, tensor_bytes, train_flops, train_step)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
 from minijarvis.model import JarvisModel  # noqa: E402
 
-METHODS = ("llava", "jarvis", "nomask")
 PARTS = ("target_encoder", "mask_sampling", "mask_building", "llm_fwd_bwd", "llm_fwd_bwd_causal")
 SUITE = ("gemma2-2b", "vicuna-7b")  # the release's smallest LLM; a 7B Llama (SDPA vs Flex)
 MIB = 2 ** 20
@@ -73,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help="stage-1 methods to time (jarvis gives the breakdown)")
     p.add_argument("--no-stage2", action="store_true", help="skip the stage-2 step")
     p.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak for MFU if not in bench_utils' table")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 is steadier on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default runs/bench/<preset>-<device>.json)")
     p.add_argument("--cuda-suite", action="store_true", help=f"{' and '.join(SUITE)} on the GPU, bf16, checkpointing")
@@ -94,6 +94,10 @@ def settle(args) -> torch.device:
     args.batch_size = args.batch_size or (16 if cuda else 8 if tiny else 1)
     args.bf16 = (cuda or not tiny) if args.bf16 is None else args.bf16
     args.grad_ckpt = cuda if args.grad_ckpt is None else args.grad_ckpt
+    if not cuda and tiny and args.threads is None:
+        args.threads = 1  # tiny ops gain nothing from more threads, and a busy machine hurts less
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return device
 
 
@@ -116,146 +120,61 @@ def build_model(args, device) -> JarvisModel:
     return model
 
 
-def synthetic_batch(model, batch_size: int, stage: str, args, device, seed: int = 0) -> dict:
-    """A batch as ``data.collate`` makes it: one ``<image>`` per row, random text, right padding.
-    align: ``[<image>] + caption`` (release plain template); finetune: 8 header tokens, the
-    image, a question of chat_len/4 tokens, then the answer. Labels on caption/answer only;
-    their lengths vary by +-25% across rows unless ``--fixed-length``."""
-    g = torch.Generator().manual_seed(seed)
-    head, question = (0, 0) if stage == "align" else (8, args.chat_len // 4)
-    answer = args.caption_len if stage == "align" else args.chat_len - head - question - 1
-    spread = 0 if args.fixed_length else answer // 4
-    start = head + 1 + question  # first supervised position
-    lengths = start + answer + torch.randint(-spread, spread + 1, (batch_size, 1), generator=g)
-    pos = torch.arange(int(lengths.max()))[None]
-    low = max(model.tokenizer.all_special_ids) + 1
-    vocab = min(len(model.tokenizer), model.llm.config.get_text_config().vocab_size)
-    ids = torch.randint(low, vocab, (batch_size, pos.shape[1]), generator=g)
-    ids[:, head] = model.image_token_id
-    real = pos < lengths
-    ids = ids.masked_fill(~real, model.tokenizer.pad_token_id or 0)
-    batch = dict(input_ids=ids, attention_mask=real.long(), labels=ids.masked_fill(~real | (pos < start), -100),
-                 images=torch.rand(batch_size, 3, model.image_size, model.image_size, generator=g),
-                 has_image=torch.ones(batch_size, dtype=torch.bool))
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-@contextlib.contextmanager
-def method_view(model, method: str):
-    """Run the JARVIS stage-1 instance as ``method`` (module docstring); yields run_jepa."""
-    saved = model.cfg.method, model.bidirectional_visual
-    model.cfg.method = "nomask" if method == "nomask" else "jarvis"
-    model.bidirectional_visual = False  # llava and nomask are causal; jarvis has its own mask
-    try:
-        yield method == "jarvis"
-    finally:
-        model.cfg.method, model.bidirectional_visual = saved
-
-
-def amp(args, device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
-
-
-def make_optimizer(model, device):
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
-                             fused=device.type == "cuda")  # as train.py; tiny lr keeps random weights finite
-
-
-def train_step(model, opt, batch, method, g, args, device) -> float:
-    """train.py's step: forward, backward, clip the gradient norm to 1.0, AdamW."""
-    with method_view(model, method) as run_jepa, amp(args, device):
-        out = model(batch, g, run_jepa=run_jepa)
-    out["loss"].backward()
-    torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"] if p.grad is not None], 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(out["loss"].detach())
-
-
-def llm_fwd_bwd(model, x) -> None:
-    """The LLM alone on prepared inputs: forward, L_NTP at the supervised positions, backward."""
-    embeds = x["embeds"].detach().requires_grad_()
-    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=x["mask"], use_cache=False).last_hidden_state
-    model._ntp_loss(hidden, x["labels"]).backward()
-
-
-def interleaved(fns: dict, args, device, setup: dict | None = None) -> tuple[dict, dict]:
-    """``args.warmup`` + ``args.steps`` rounds, each calling every fn once (``setup[name]()``
-    first, untimed). Returns ({name: [s per measured round]}, {name: CUDA transient peak})."""
-    times, peaks = {k: [] for k in fns}, {k: 0 for k in fns}
-    for i in range(args.warmup + args.steps):
-        for name, fn in fns.items():
-            if setup and name in setup:
-                setup[name]()
-            with PeakMemory(device, track_cpu=False) as pm:
-                dt, _ = timed(fn, device)
-            if i >= args.warmup:
-                times[name].append(dt)
-                peaks[name] = max(peaks[name], pm.transient or 0)
-    return times, peaks
-
-
-def static_bytes(model, opt, method: str) -> int:
-    """Weights (and buffers) ``method``'s own model holds + the optimizer state of what trains."""
-    mods = [model.llm, model.context_encoder, model.proj]
-    if method in ("jarvis", "nomask"):
-        mods += [model.target_encoder, model.proj_tgt]
-    params = [p for m in mods if m is not None for p in (*m.parameters(), *m.buffers())]
-    if method == "jarvis" and model.z is not None:
-        params.append(model.z)
-    state = [t for p in params if p.requires_grad for t in opt.state.get(p, {}).values()]
-    return tensor_bytes(params) + tensor_bytes(state)
+def batch_of(model, size, stage, args, device):
+    return synthetic_batch(model, size, stage, args.caption_len, args.chat_len, args.fixed_length, device, args.seed)
 
 
 def method_rows(model, opt, batch, methods, times, peaks, args, device, llm_trains) -> dict:
-    """Per method: median step, throughput, memory (CPU: one untimed tracked step each), MFU."""
-    tokens = int(batch["attention_mask"].sum()) + batch["input_ids"].shape[0] * (model.num_visual - 1)
-    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    """Per method: median step, throughput, memory (CPU: one more, untimed, tracked step), MFU."""
+    size = batch["input_ids"].shape[0]
+    tokens = int(batch["attention_mask"].sum()) + size * (model.num_visual - 1)
     n_body = sum(p.numel() for p in model.llm.model.layers.parameters())
-    flops = train_flops(n_body, tokens, model.llm.lm_head.weight.numel(), supervised, llm_trains)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (peak_flops(environment(device)["device"]) if device.type == "cuda" else None)
+    flops = train_flops(n_body, tokens, model.llm.lm_head.weight.numel(),
+                        int((batch["labels"][:, 1:] != -100).sum()), llm_trains)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
+        peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
     g, rows = torch.Generator().manual_seed(args.seed + 1), {}
     for m in methods:
+        with PeakMemory(device, track_cpu=True) as pm:
+            loss = train_step(model, opt, batch, m, g, args.bf16)
         if device.type != "cuda":
-            with PeakMemory(device) as pm:
-                loss = train_step(model, opt, batch, m, g, args, device)
             peaks[m] = pm.transient
-        else:
-            loss = train_step(model, opt, batch, m, g, args, device)
         sec, static = median(times[m]), static_bytes(model, opt, m)
-        rows[m] = dict(step_ms=sec * 1e3, steps_ms=[t * 1e3 for t in times[m]], samples_per_s=batch["input_ids"].shape[0] / sec,
-                       tokens_per_s=tokens / sec, static_mib=static / MIB, transient_mib=peaks[m] / MIB,
-                       peak_mib=(static + peaks[m]) / MIB, mfu=mfu(flops, sec, peak), loss=loss)
-    return dict(batch_size=batch["input_ids"].shape[0], seq_len=batch["input_ids"].shape[1] + model.num_visual - 1,
-                tokens=tokens, model_flops=flops, methods=rows)
+        rows[m] = dict(step_ms=sec * 1e3, min_ms=min(times[m]) * 1e3, steps_ms=[t * 1e3 for t in times[m]],
+                       samples_per_s=size / sec, tokens_per_s=tokens / sec, static_mib=static / MIB,
+                       transient_mib=peaks[m] / MIB, peak_mib=(static + peaks[m]) / MIB,
+                       mfu=mfu(flops, sec, peak), loss=loss)
+    return dict(batch_size=size, seq_len=batch["input_ids"].shape[1] + model.num_visual - 1, tokens=tokens,
+                model_flops=flops, methods=rows)
 
 
 def measure_stage1(model, args, device) -> dict:
-    batch = synthetic_batch(model, args.batch_size, "align", args, device, args.seed)
-    opt, g, B = make_optimizer(model, device), torch.Generator().manual_seed(args.seed), args.batch_size
-    fns = {m: (lambda m=m: train_step(model, opt, batch, m, g, args, device)) for m in args.methods}
+    """llava / jarvis / nomask steps and the JARVIS breakdown, interleaved (module docstring)."""
+    batch, B = batch_of(model, args.batch_size, "align", args, device), args.batch_size
+    opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
+    fns = {m: (lambda m=m: train_step(model, opt, batch, m, g, args.bf16)) for m in args.methods}
     if "jarvis" in args.methods:
-        with torch.no_grad(), amp(args, device):
+        with torch.no_grad(), autocast(device, args.bf16):
             xj = model.prepare_inputs(batch, g, run_jepa=True)
             with method_view(model, "llava"):
                 xl = model.prepare_inputs(batch, g, run_jepa=False)
         L, dtype = xj["embeds"].shape[1], xj["embeds"].dtype
 
-        def part(fn):
-            def run():
-                with amp(args, device):
+        def part(fn):  # each part under the step's autocast
+            def call():
+                with autocast(device, args.bf16):
                     return fn()
-            return run
+            return call
         fns.update(target_encoder=part(lambda: model.target_encoder(batch["images"])),
                    mask_sampling=part(lambda: model.sampler(B, generator=g).to(device)),
                    mask_building=part(lambda: model._attention_mask(xj["layout"], xj["image_start"], L, xj["padding"], dtype)),
                    llm_fwd_bwd=part(lambda: llm_fwd_bwd(model, xj)),
                    llm_fwd_bwd_causal=part(lambda: llm_fwd_bwd(model, xl)))
-    times, peaks = interleaved(fns, args, device)
+    times, peaks = interleaved(fns, args.steps, args.warmup, device)
     out = method_rows(model, opt, batch, args.methods, times, peaks, args, device, llm_trains=False)
     if "jarvis" in args.methods:
         out["breakdown_ms"] = {k: median(times[k]) * 1e3 for k in PARTS}
-        with PeakMemory(device) as pm, amp(args, device):
+        with PeakMemory(device) as pm, autocast(device, args.bf16):
             model.target_encoder(batch["images"])
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
                                          activations=pm.transient / MIB)
@@ -263,28 +182,29 @@ def measure_stage1(model, args, device) -> dict:
 
 
 def set_attention(model, impl: str) -> None:
-    model.cfg.llm_attn = impl  # JarvisModel builds a BlockMask for flex_attention, else a dense mask
+    model.cfg.llm_attn = impl  # JarvisModel then builds a BlockMask for flex_attention
     model.llm.set_attn_implementation(impl)
 
 
 def measure_attention(model, args, device) -> dict:
-    """Stage-1 llava and jarvis steps, SDPA (JARVIS: dense additive 4D mask) vs FlexAttention
-    (JARVIS: BlockMask from inference.to_block_mask), same weights, interleaved."""
+    """Stage-1 llava and jarvis steps with SDPA (JARVIS: dense additive 4D mask) vs
+    FlexAttention (JARVIS: BlockMask from inference.to_block_mask); same weights, interleaved."""
     if device.type != "cuda":
         return dict(skipped="FlexAttention has no backward on CPU (DESIGN.md section 5)")
     if model.llm.config.model_type == "gemma2":
         return dict(skipped="Gemma2 runs eager (soft-capping); compare on a Llama-style preset")
-    batch = synthetic_batch(model, args.batch_size, "align", args, device, args.seed)
-    opt, g, before = make_optimizer(model, device), torch.Generator().manual_seed(args.seed), model.cfg.llm_attn
+    batch, before = batch_of(model, args.batch_size, "align", args, device), model.cfg.llm_attn
+    opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
     fns, setup = {}, {}
     for impl in ("sdpa", "flex_attention"):
         for m in ("llava", "jarvis"):
-            fns[f"{impl}/{m}"] = lambda m=m: train_step(model, opt, batch, m, g, args, device)
+            fns[f"{impl}/{m}"] = lambda m=m: train_step(model, opt, batch, m, g, args.bf16)
             setup[f"{impl}/{m}"] = lambda impl=impl: set_attention(model, impl)
-    try:
-        times, peaks = interleaved(fns, dict_args(args, warmup=args.warmup + 2), device, setup)  # + compile rounds
+    try:  # two more warm-up rounds: the first Flex calls compile (fwd and bwd, per mask kind)
+        times, peaks = interleaved(fns, args.steps, args.warmup + 2, device, setup)
     finally:
-        set_attention(model, before if before != "auto" else "sdpa")
+        set_attention(model, "sdpa")
+        model.cfg.llm_attn = before
     return {k: dict(step_ms=median(v) * 1e3, transient_mib=peaks[k] / MIB) for k, v in times.items()}
 
 
@@ -292,21 +212,16 @@ def dict_args(args, **changes) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **changes})
 
 
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def fits(model, opt, batch, args, device) -> bool:
     """One stage-2 step at this batch; False (memory released) if CUDA runs out of memory."""
     try:
-        train_step(model, opt, batch, "llava", torch.Generator(), args, device)
+        train_step(model, opt, batch, "llava", torch.Generator(), args.bf16)
         return True
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:  # the traceback dies with the block
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:  # its traceback dies with the block
         if not is_oom(err):
             raise
     opt.zero_grad(set_to_none=True)
-    gc.collect()
-    torch.cuda.empty_cache()
+    release(device)
     return False
 
 
@@ -314,6 +229,7 @@ def measure_stage2(model, args, device) -> dict:
     """LLaVA stage 2: F_tgt, z, proj_tgt dropped; LLM + proj train (fp32 master weights with --bf16)."""
     model.target_encoder = model.proj_tgt = model.z = model.sampler = None
     model.llm.requires_grad_(True)
+    release(device)
     weights, n = "fp32" + (" master, bf16 autocast" if args.bf16 else ""), sum(p.numel() for p in model.llm.parameters())
     ram = available_ram() if device.type == "cpu" else None
     if ram is not None and n * (16 - 2 * args.bf16) > 0.8 * ram:  # fp32 weights, grads, 2 AdamW states
@@ -322,33 +238,33 @@ def measure_stage2(model, args, device) -> dict:
         weights = "bf16 (fp32 master weights do not fit in RAM)"
     elif args.bf16:
         model.llm.float()
-    opt, probe = make_optimizer(model, device), synthetic_batch(model, 1, "finetune", args, device)
+    opt, probe = make_optimizer(model, device), batch_of(model, 1, "finetune", args, device)
     if device.type == "cuda" and not fits(model, opt, probe, args, device):
         del opt
         model.llm.to(torch.bfloat16)  # the release shards fp32 masters over 8 GPUs (train.py: FSDP2)
+        release(device)
         weights = "bf16 (fp32 master weights do not fit on one GPU)"
         opt = make_optimizer(model, device)
         if not fits(model, opt, probe, args, device):
             return dict(skipped="batch 1 does not fit", weights=weights)
-    B = args.stage2_batch_size or (None if device.type == "cuda" else args.batch_size)
-    searched = B is None
+    size = args.stage2_batch_size or (None if device.type == "cuda" else args.batch_size)
+    searched = size is None
     if searched:  # double until out of memory
-        B = 1
-        while 2 * B <= args.max_batch and fits(model, opt, synthetic_batch(model, 2 * B, "finetune", args, device), args, device):
-            B *= 2
+        size = 1
+        while 2 * size <= args.max_batch and fits(model, opt, batch_of(model, 2 * size, "finetune", args, device), args, device):
+            size *= 2
     while True:
-        batch = synthetic_batch(model, B, "finetune", args, device, args.seed)
-        g = torch.Generator()
+        batch, g = batch_of(model, size, "finetune", args, device), torch.Generator()
         try:
-            times, peaks = interleaved({"llava": lambda: train_step(model, opt, batch, "llava", g, args, device)}, args, device)
+            times, peaks = interleaved({"llava": lambda: train_step(model, opt, batch, "llava", g, args.bf16)},
+                                       args.steps, args.warmup, device)
             break
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-            if not (is_oom(err) and B > 1):
+            if not (is_oom(err) and size > 1):
                 raise
-        B //= 2  # fragmentation near the limit: step back
+        size //= 2  # fragmentation near the limit: step back
         opt.zero_grad(set_to_none=True)
-        gc.collect()
-        torch.cuda.empty_cache()
+        release(device)
     out = method_rows(model, opt, batch, ("llava",), times, peaks, args, device, llm_trains=True)
     return dict(out, weights=weights, batch_searched=searched)
 
@@ -415,6 +331,8 @@ def print_report(res: dict) -> None:
         print(f"attention {k}: " + (v if isinstance(v, str) else f"{v['step_ms']:.1f} ms, transient {v['transient_mib']:.0f} MiB"))
     for t in res["targets"]:
         print(f"[{'PASS' if t['passed'] else 'FAIL'}] {t['name']}: {t['text']}")
+    if res["targets"] and a["preset"] == "tiny":
+        print("(tiny: fixed per-step costs -- mask code, F_tgt's Python, small ops -- weigh far more than at real shapes)")
 
 
 def run(args) -> dict:
@@ -430,7 +348,11 @@ def run(args) -> dict:
     res["stage1"] = measure_stage1(model, args, device)
     res["targets"] = check_targets(res["stage1"])
     if args.attn_compare:
-        res["attention"] = measure_attention(model, args, device)
+        try:  # a compile failure must not cost the stage-2 figures
+            res["attention"] = measure_attention(model, args, device)
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            res["attention"] = dict(error=repr(err))
     if not args.no_stage2:
         res["stage2"] = measure_stage2(model, args, device)
     res["readme"] = readme_table([res])
@@ -457,8 +379,7 @@ def cuda_suite(args) -> dict:
         except Exception as err:  # noqa: BLE001 - keep the other preset's figures
             traceback.print_exc()
             results[name] = dict(error=repr(err))
-        gc.collect()
-        torch.cuda.empty_cache()
+        release(torch.device("cuda"))
     path = Path(args.output or "runs/bench/cuda-suite.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str))

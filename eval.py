@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from minijarvis import benchmarks as B
 from minijarvis.data import BadRecord, load_image
+from minijarvis.runtime import set_cpu_threads
 
 LOADERS = {"cvbench": B.load_cvbench, "mmvp": B.load_mmvp, "blink": B.load_blink,
            "realworldqa": B.load_realworldqa}
@@ -242,6 +243,8 @@ def main(argv=None) -> dict:
         for ckpt, label in zip(args.checkpoint, _labels(args.checkpoint)):
             t0 = time.time()
             model = JarvisModel.from_checkpoint(ckpt).to(args.device).eval()
+            if isinstance(model, torch.nn.Module):  # (tests pass stand-ins)
+                set_cpu_threads(model, torch.device(args.device))
             records, bad_images = evaluate(model, items, args, label)
             runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
                              summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))

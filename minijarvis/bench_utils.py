@@ -1,6 +1,7 @@
-"""Measuring training steps: medians, timing with device sync, peak memory, model FLOPs and MFU.
+"""Measuring training steps: timing with device sync, peak memory, model FLOPs and MFU, and
+the steps themselves (synthetic batches, one JARVIS instance viewed as each method).
 
-Used by ``bench.py``; nothing here knows about the model, so each helper is tested alone.
+Used by ``bench.py`` (which decides what to measure and reports it); each helper is tested alone.
 
 Peak memory is reported as *transient* bytes: the peak above what was allocated when the
 measured call started (activations, gradients, temporaries; weights and optimizer state are
@@ -17,7 +18,9 @@ counted separately by the caller, see :func:`tensor_bytes`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import platform
 import statistics
 import sys
@@ -27,6 +30,8 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+METHODS = ("llava", "jarvis", "nomask")
 
 # Dense bf16 peak of one GPU in TFLOP/s (vendor data sheets, no sparsity). First substring
 # match of torch.cuda.get_device_name() wins, so the more specific names come first.
@@ -84,15 +89,18 @@ class LiveBytes(TorchDispatchMode):
         self._alive: set[int] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # in-place ops, views and out= return storages that existed before the op: not new
+        old = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self._track(t.untyped_storage())
+                self._track(t.untyped_storage(), old)
         return out
 
-    def _track(self, storage) -> None:
+    def _track(self, storage, old: set) -> None:
         key = storage._cdata  # the StorageImpl: views and in-place results share it
-        if key in self._alive:
+        if key in self._alive or key in old:
             return
         nbytes = storage.nbytes()
         self._alive.add(key)
@@ -206,3 +214,129 @@ def environment(device: torch.device) -> dict:
                 timm=timm.__version__, python=platform.python_version(),
                 cuda=torch.version.cuda if device.type == "cuda" else None,
                 command=" ".join(sys.argv))
+
+
+# ----------------------------------------------------------------------------- the steps
+def synthetic_batch(model, batch_size: int, stage: str = "align", caption_len: int = 32,
+                    chat_len: int = 128, fixed_length: bool = False, device="cpu", seed: int = 0) -> dict:
+    """A batch as ``data.collate`` makes it: one ``<image>`` per row, random text, right padding.
+
+    align: ``[<image>] + caption`` (the release's plain template); finetune: 8 header tokens,
+    the image, a question of chat_len/4 tokens, then the answer (chat_len text tokens in all).
+    Labels on the caption / answer only. Their lengths vary by +-25% across rows, as real
+    captions do (so batches carry padding), unless ``fixed_length``.
+    """
+    if stage not in ("align", "finetune") or caption_len < 1 or chat_len < 11:
+        raise ValueError("stage must be align or finetune, caption_len >= 1, chat_len >= 11")
+    g = torch.Generator().manual_seed(seed)
+    head, question = (0, 0) if stage == "align" else (8, chat_len // 4)
+    answer = caption_len if stage == "align" else chat_len - head - question - 1
+    spread = 0 if fixed_length else answer // 4
+    start = head + 1 + question  # first supervised position
+    lengths = start + answer + torch.randint(-spread, spread + 1, (batch_size, 1), generator=g)
+    pos = torch.arange(int(lengths.max()))[None]
+    low = max(model.tokenizer.all_special_ids) + 1
+    vocab = min(len(model.tokenizer), model.llm.config.get_text_config().vocab_size)
+    ids = torch.randint(low, vocab, (batch_size, pos.shape[1]), generator=g)
+    ids[:, head] = model.image_token_id
+    real = pos < lengths
+    ids = ids.masked_fill(~real, model.tokenizer.pad_token_id or 0)
+    batch = dict(input_ids=ids, attention_mask=real.long(), labels=ids.masked_fill(~real | (pos < start), -100),
+                 images=torch.rand(batch_size, 3, model.image_size, model.image_size, generator=g),
+                 has_image=torch.ones(batch_size, dtype=torch.bool))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def method_view(model, method: str):
+    """Run a JARVIS stage-1 ``JarvisModel`` as ``method``'s forward; yields ``run_jepa``.
+
+    llava: unmasked and purely causal; forward then runs no target encoder and no proj_tgt
+    (they run only for the JEPA branch or an alignment loss). jarvis: the masked JEPA step
+    (pass run_jepa=True so every step is one). nomask: NTP + alignment at all slots, causal.
+    The model's method and bidirectional flag are restored on exit.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    saved = model.cfg.method, model.bidirectional_visual
+    model.cfg.method = "nomask" if method == "nomask" else "jarvis"
+    model.bidirectional_visual = False  # llava and nomask are causal; jarvis has its own mask
+    try:
+        yield method == "jarvis"
+    finally:
+        model.cfg.method, model.bidirectional_visual = saved
+
+
+def autocast(device: torch.device, bf16: bool):
+    """train.py --bf16: bfloat16 autocast (what trains keeps fp32 weights); else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def make_optimizer(model, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over what trains, fused on CUDA (as train.py); a tiny lr keeps random weights finite."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                             fused=device.type == "cuda")
+
+
+def train_step(model, opt, batch: dict, method: str, generator, bf16: bool = False) -> float:
+    """train.py's step as ``method``: forward, backward, clip the gradient norm to 1.0, AdamW.
+    Parameters without a gradient (another method's) are skipped. Returns the loss."""
+    device = batch["input_ids"].device
+    with method_view(model, method) as run_jepa, autocast(device, bf16):
+        out = model(batch, generator, run_jepa=run_jepa)
+    out["loss"].backward()
+    params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(out["loss"].detach())
+
+
+def llm_fwd_bwd(model, x: dict) -> None:
+    """The LLM alone on ``model.prepare_inputs`` output: forward, L_NTP at the supervised
+    positions (the forward's own loss), backward to the input embeddings."""
+    embeds = x["embeds"].detach().requires_grad_()
+    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=x["mask"], use_cache=False).last_hidden_state
+    model._ntp_loss(hidden, x["labels"]).backward()
+
+
+def static_bytes(model, opt, method: str) -> int:
+    """Weights and buffers that ``method``'s own model holds (llava: no F_tgt, proj_tgt, z) +
+    the optimizer state of those that train."""
+    mods = [model.llm, model.context_encoder, model.proj]
+    if method in ("jarvis", "nomask"):
+        mods += [model.target_encoder, model.proj_tgt]
+    params = [p for m in mods if m is not None for p in (*m.parameters(), *m.buffers())]
+    if method == "jarvis" and model.z is not None:
+        params.append(model.z)
+    state = [t for p in params if p.requires_grad for t in opt.state.get(p, {}).values()]
+    return tensor_bytes(params) + tensor_bytes(state)
+
+
+def interleaved(fns: dict, steps: int, warmup: int, device: torch.device,
+                setup: dict | None = None) -> tuple[dict, dict]:
+    """``warmup`` + ``steps`` rounds, each calling every fn once in order (``setup[name]()``
+    first, untimed), so that machine noise hits all of them alike. Returns
+    ({name: [seconds per measured round]}, {name: CUDA transient peak bytes, 0 on CPU})."""
+    times, peaks = {k: [] for k in fns}, {k: 0 for k in fns}
+    for i in range(warmup + steps):
+        for name, fn in fns.items():
+            if setup and name in setup:
+                setup[name]()
+            with PeakMemory(device, track_cpu=False) as pm:
+                seconds, _ = timed(fn, device)
+            if i >= warmup:
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], pm.transient or 0)
+    return times, peaks
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def release(device: torch.device) -> None:
+    """Collect garbage and hand cached CUDA blocks back (after an out-of-memory error)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

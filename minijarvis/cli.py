@@ -69,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     i = p.add_argument_group("output")
     i.add_argument("--output-dir", default="", help="default runs/<preset>-<method>-<stage>")
     i.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints (0: only at the end)")
+    i.add_argument("--threads", type=int, default=0, help="CPU threads (0: one for small models, torch's default otherwise)")
     i.add_argument("--log-every", type=int, default=1, help="optimizer steps between log lines")
     args = p.parse_args(argv)
     if args.stage == "finetune" and not (args.init or args.resume) and args.preset == "tiny" and not args.llm:
@@ -166,6 +167,8 @@ def build_run(args, info: DistInfo) -> Run:
         tcfg = new_train_config(args, real, info.world_size, output)
     output.mkdir(parents=True, exist_ok=True)
     _place(model, tcfg, info)
+    from .runtime import set_cpu_threads
+    set_cpu_threads(model, info.device, args.threads)
     data, folder = tcfg.data, tcfg.image_folder
     if not data:
         data, folder = _synthetic(tcfg, info)

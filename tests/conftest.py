@@ -70,3 +70,8 @@ def make_batch(model, batch_size: int = 2, text_len: int = 12, image_at=(0, 3), 
     images[~has_image] = 0
     return dict(input_ids=ids, attention_mask=attention, labels=labels, images=images,
                 has_image=has_image)
+
+
+# One intra-op thread: the tiny models gain nothing from more, and spinning OpenMP threads
+# collapse when other processes share the two cores (see runtime.set_cpu_threads).
+torch.set_num_threads(1)

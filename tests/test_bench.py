@@ -12,8 +12,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
 import bench  # noqa: E402
-from minijarvis.bench_utils import (LiveBytes, median, mfu, peak_flops, tensor_bytes,  # noqa: E402
-                                    train_flops)
+from minijarvis.bench_utils import (METHODS, LiveBytes, median, method_view, mfu,  # noqa: E402
+                                    peak_flops, synthetic_batch, tensor_bytes, train_flops)
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """bench.settle sets torch's thread count (tiny on CPU: 1); give the next test file its own."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -58,27 +66,30 @@ def test_tensor_bytes_counts_a_shared_storage_once():
 
 
 def test_live_bytes_tracks_peak_and_frees():
+    before = torch.ones(1000)
     with LiveBytes() as lb:
+        before.mul_(2)  # in place on a tensor made outside: nothing new
+        view = before[:10]  # a view: nothing new
         x = torch.ones(1000)  # 4000 bytes
         y = x * 2  # 4000 more
         del y
-        z = x.add_(1)  # in place: no new storage
-    assert lb.peak == 8000, f"peak must be both tensors alive at once, got {lb.peak}"
+        x.add_(1)
+    assert lb.peak == 8000, f"peak must be x and y alive at once, got {lb.peak}"
     assert lb.live == 4000, f"only x must still be alive, got {lb.live}"
-    assert z is x
+    assert view.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()
 
 
 def test_method_views_run_the_intended_forward(tiny):
     model, args, device = tiny
     calls = []
     hook = model.target_encoder.register_forward_hook(lambda *a: calls.append(1))
-    batch = bench.synthetic_batch(model, 2, "align", args, device)
+    batch = synthetic_batch(model, 2, "align", caption_len=8)
     g = torch.Generator().manual_seed(0)
     try:
         outs = {}
-        for m in bench.METHODS:
+        for m in METHODS:
             before = len(calls)
-            with bench.method_view(model, m) as run_jepa:
+            with method_view(model, m) as run_jepa:
                 outs[m] = model(batch, g, run_jepa=run_jepa)
             outs[m]["tgt_calls"] = len(calls) - before
     finally:
@@ -93,7 +104,7 @@ def test_method_views_run_the_intended_forward(tiny):
 def test_synthetic_batch_follows_the_collate_contract(tiny):
     model, args, device = tiny
     for stage, image_at in (("align", 0), ("finetune", 8)):
-        b = bench.synthetic_batch(model, 6, stage, args, device, seed=1)
+        b = synthetic_batch(model, 6, stage, caption_len=8, chat_len=24, seed=1)
         ids, att, lab = b["input_ids"], b["attention_mask"], b["labels"]
         assert ((ids == model.image_token_id).sum(1) == 1).all(), "one <image> per row"
         assert (ids[:, image_at] == model.image_token_id).all(), f"{stage}: image at {image_at}"
@@ -113,7 +124,7 @@ def test_main_on_tiny_writes_json_and_prints_the_table(tmp_path, capsys):
     for key in ("device", "torch", "transformers", "date", "command"):
         assert saved["env"].get(key), f"env.{key} missing"
     rows = saved["stage1"]["methods"]
-    assert set(rows) == set(bench.METHODS)
+    assert set(rows) == set(METHODS)
     for m, row in rows.items():
         assert len(row["steps_ms"]) == 2 and row["step_ms"] > 0 and row["peak_mib"] > row["static_mib"] > 0, m
         assert torch.isfinite(torch.tensor(row["loss"])), f"{m}: non-finite loss"
