@@ -33,6 +33,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -341,7 +342,7 @@ def run(args) -> dict:
     model = build_model(args, device)
     layers, full = model.llm.config.get_text_config().num_hidden_layers, preset(args.preset).llm_arch["num_hidden_layers"]
     name = args.preset + (f" ({layers} of {full} layers)" if layers != full else "")
-    res = dict(env=environment(device), args=vars(args).copy(),
+    res = dict(env=environment(device, getattr(args, "command", None)), args=vars(args).copy(),
                model=dict(name=name, build_s=time.perf_counter() - start, llm_layers=layers, grid=model.grid,
                           jepa_layer=model.jepa_layer, attn=model.llm.config._attn_implementation,
                           llm_params=sum(p.numel() for p in model.llm.parameters())))
@@ -389,6 +390,7 @@ def cuda_suite(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    args.command = " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)])
     return cuda_suite(args) if args.cuda_suite else run(args)
 
 

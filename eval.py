@@ -170,15 +170,14 @@ def print_table(title: str, method: str, runs: list[dict]) -> None:
 def plot_bars(runs: list[dict], title: str, path: Path) -> None:
     """Grouped bars: one group per task plus the headline number, one bar per checkpoint; chance
     is the dashed black line across each group."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays untouched
 
     def groups(summary):
         return {**summary["per_task"], summary["headline"]["name"].split(" (")[0]: summary["headline"]}
 
     names, width = list(groups(runs[0]["summary"])), 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(2 + len(names) * (0.5 + 0.35 * len(runs)), 3.8), dpi=110)
+    fig = Figure(figsize=(2 + len(names) * (0.5 + 0.35 * len(runs)), 3.8), dpi=110)
+    ax = fig.subplots()
     for k, run in enumerate(runs):
         found = groups(run["summary"])
         ys = [(found.get(g, {}).get("accuracy") or 0.0) for g in names]
@@ -194,7 +193,6 @@ def plot_bars(runs: list[dict], title: str, path: Path) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_outputs(out_dir: Path, args, runs: list[dict], load_skipped: list, n_items: int) -> dict:

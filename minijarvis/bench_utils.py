@@ -204,8 +204,8 @@ def device_name(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def environment(device: torch.device) -> dict:
-    """Where and when a measurement was taken, and with what."""
+def environment(device: torch.device, command: str | None = None) -> dict:
+    """Where and when a measurement was taken, with what, and by which command (default: argv)."""
     import timm
     import transformers
     return dict(device=device_name(device), device_type=device.type,
@@ -213,7 +213,7 @@ def environment(device: torch.device) -> dict:
                 torch=torch.__version__, transformers=transformers.__version__,
                 timm=timm.__version__, python=platform.python_version(),
                 cuda=torch.version.cuda if device.type == "cuda" else None,
-                command=" ".join(sys.argv))
+                command=command or " ".join(["python", *sys.argv]))
 
 
 # ----------------------------------------------------------------------------- the steps

@@ -196,12 +196,12 @@ class MaskSampler:
         All randomness comes from ``generator``; its device is the layout's device. With
         generator=None a fresh generator with a non-deterministic seed is used (not reproducible).
         """
-        layout = self._draw(batch_size, generator)
+        layout = self.draw_untruncated(batch_size, generator)
         if self.faithful:
             layout = MaskLayout(truncate_context(layout.context), layout.targets)
         return layout
 
-    def _draw(self, batch_size, generator=None) -> MaskLayout:
+    def draw_untruncated(self, batch_size, generator=None) -> MaskLayout:
         """The layout before the release's truncation (same draws as ``__call__``)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")

@@ -183,12 +183,11 @@ def truncate_log(path: Path, step: int) -> None:
 
 def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
     """Loss curves (total, NTP, JEPA/alignment) against the optimizer step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays untouched
 
     rows = [r for r in read_log(log_path) if "loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.subplots()
     for key in ("loss", "ntp_loss", "jepa_loss", "align_loss"):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
@@ -200,4 +199,3 @@ def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path)
-    plt.close(fig)

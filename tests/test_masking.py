@@ -23,7 +23,7 @@ def bbox(mask_n, grid=(H, W)):
 
 def layouts(sampler, n, batch_size=16, seed=0, draw=False):
     g = gen(seed)
-    return [(sampler._draw if draw else sampler)(batch_size, generator=g) for _ in range(n)]
+    return [(sampler.draw_untruncated if draw else sampler)(batch_size, generator=g) for _ in range(n)]
 
 
 # ---------------------------------------------------------------- block_size formula
@@ -82,7 +82,7 @@ def test_clean_covers_last_row_and_column_sometimes():
 
 def test_faithful_truncates_context_to_batch_min_keeping_first_raster_indices():
     sampler = MaskSampler((H, W))
-    full = sampler._draw(16, generator=gen(3)).context
+    full = sampler.draw_untruncated(16, generator=gen(3)).context
     cut = sampler(16, generator=gen(3)).context
     counts = full.sum(1)
     assert counts.unique().numel() > 1, "test needs a batch whose raw context counts differ"
@@ -95,7 +95,7 @@ def test_faithful_truncates_context_to_batch_min_keeping_first_raster_indices():
 def test_clean_does_not_truncate_context():
     sampler = MaskSampler((H, W), faithful=False)
     layout = sampler(16, generator=gen(3))
-    assert torch.equal(layout.context, sampler._draw(16, generator=gen(3)).context), "clean: context must not be cut"
+    assert torch.equal(layout.context, sampler.draw_untruncated(16, generator=gen(3)).context), "clean: context must not be cut"
     assert layout.context.sum(1).unique().numel() > 1, "clean: context counts should differ across the batch"
 
 
