@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from minijarvis.bench_utils import (METHODS, PeakMemory, autocast, available_ram, environment,  # noqa: E402
-                                    interleaved, is_oom, llm_fwd_bwd, make_optimizer, median,
+                                    interleaved, is_oom, largest_fitting, llm_fwd_bwd, make_optimizer, median,
                                     method_view, mfu, peak_flops, release, static_bytes,
                                     synthetic_batch, tensor_bytes, train_flops, train_step)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
@@ -239,21 +239,19 @@ def measure_stage2(model, args, device) -> dict:
         weights = "bf16 (fp32 master weights do not fit in RAM)"
     elif args.bf16:
         model.llm.float()
-    opt, probe = make_optimizer(model, device), batch_of(model, 1, "finetune", args, device)
-    if device.type == "cuda" and not fits(model, opt, probe, args, device):
+    opt = make_optimizer(model, device)
+
+    def fit(size):
+        return fits(model, opt, batch_of(model, size, "finetune", args, device), args, device)
+    if device.type == "cuda" and not fit(1):
         del opt
         model.llm.to(torch.bfloat16)  # the release shards fp32 masters over 8 GPUs (train.py: FSDP2)
         release(device)
         weights = "bf16 (fp32 master weights do not fit on one GPU)"
         opt = make_optimizer(model, device)
-        if not fits(model, opt, probe, args, device):
-            return dict(skipped="batch 1 does not fit", weights=weights)
-    size = args.stage2_batch_size or (None if device.type == "cuda" else args.batch_size)
-    searched = size is None
-    if searched:  # double until out of memory
-        size = 1
-        while 2 * size <= args.max_batch and fits(model, opt, batch_of(model, 2 * size, "finetune", args, device), args, device):
-            size *= 2
+    size = args.stage2_batch_size or (largest_fitting(fit, args.max_batch) if device.type == "cuda" else args.batch_size)
+    if size == 0:
+        return dict(skipped="batch 1 does not fit", weights=weights)
     while True:
         batch, g = batch_of(model, size, "finetune", args, device), torch.Generator()
         try:
@@ -267,7 +265,7 @@ def measure_stage2(model, args, device) -> dict:
         opt.zero_grad(set_to_none=True)
         release(device)
     out = method_rows(model, opt, batch, ("llava",), times, peaks, args, device, llm_trains=True)
-    return dict(out, weights=weights, batch_searched=searched)
+    return dict(out, weights=weights, batch_searched=args.stage2_batch_size is None and device.type == "cuda")
 
 
 def check_targets(s1: dict) -> list[dict]:

@@ -9,7 +9,7 @@ counted separately by the caller, see :func:`tensor_bytes`).
 
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
   ``memory_allocated`` at the start. Costs nothing, so it runs inside the timed steps.
-* CPU: PyTorch keeps no allocator statistics on CPU and the process RSS only ever grows, so
+* CPU: PyTorch keeps no allocator statistics on CPU and the peak RSS (ru_maxrss) never falls, so
   :class:`LiveBytes` (a ``TorchDispatchMode``) adds the bytes of every tensor storage an op
   creates and subtracts them when the storage is freed (weakref finalizer). It sees every
   tensor that forward, backward (on CPU autograd runs on the calling thread) and the optimizer
@@ -329,6 +329,17 @@ def interleaved(fns: dict, steps: int, warmup: int, device: torch.device,
                 times[name].append(seconds)
                 peaks[name] = max(peaks[name], pm.transient or 0)
     return times, peaks
+
+
+def largest_fitting(fits, limit: int) -> int:
+    """Largest batch b = 1, 2, 4, ... <= ``limit`` with ``fits(b)``, doubling from 1 and
+    stopping at the first failure (memory only grows with the batch); 0 if batch 1 fails."""
+    if limit < 1 or not fits(1):
+        return 0
+    size = 1
+    while 2 * size <= limit and fits(2 * size):
+        size *= 2
+    return size
 
 
 def is_oom(err: BaseException) -> bool:

@@ -151,15 +151,16 @@ class JarvisModel(nn.Module):
         the masks (default: ``generator``); train.py gives each rank its own, as the release.
         ``run_jepa`` overrides the lambda draw (True/False) for tests and tutorials.
         """
-        images = batch["images"]
         x = self.prepare_inputs(batch, generator, run_jepa, mask_generator)
-        jepa, layout, has_image, vis = x["jepa_ran"], x["layout"], x["has_image"], x["vis"]
-        h_j = {}
+        jepa, has_image = x["jepa_ran"], x["has_image"]
         aux_name = {"jarvis": "jepa_loss", "nomask": "align_loss", "viral": "align_loss"}.get(
             self.cfg.method)
-        want_h = self.proj_tgt is not None and (jepa or self.cfg.method != "jarvis")
-        hook = None
-        if want_h:
+        aligns = self.proj_tgt is not None and bool(has_image.any()) and (
+            jepa or self.cfg.method != "jarvis")
+        # F_tgt runs before the LLM so its transient activations never sit on top of the LLM's.
+        target = self.target_encoder(batch["images"]) if aligns else None
+        h_j, hook = {}, None
+        if aligns:
             layer = self.llm.model.layers[self.jepa_layer - 1]  # h_j = output of layer j-1
             hook = layer.register_forward_hook(lambda mod, inp, out: h_j.__setitem__("h", out))
         try:
@@ -170,26 +171,27 @@ class JarvisModel(nn.Module):
                 hook.remove()
         result = {"ntp_loss": self._ntp_loss(hidden, x["labels"]), "jepa_ran": jepa}
         loss = result["ntp_loss"]
-        if want_h and has_image.any():
-            h = h_j["h"][0] if isinstance(h_j["h"], tuple) else h_j["h"]
-            idx = (x["image_start"].clamp(max=x["embeds"].shape[1] - self.num_visual)[:, None]
-                   + torch.arange(self.num_visual, device=h.device))
-            pred = self.proj_tgt(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
-            target = self.target_encoder(images)
-            if jepa:
-                aux = jepa_loss(pred, target, layout.targets, self.cfg.jepa_distance)
-            else:
-                aux = align_loss(pred, target, has_image[:, None].expand(-1, self.num_visual),
-                                 self.cfg.jepa_distance)
-            result[aux_name] = aux
-            loss = loss + aux
-        elif aux_name is not None:
-            result[aux_name] = None
+        if aux_name is not None:
+            result[aux_name] = self._aux_loss(h_j["h"], target, x) if aligns else None
+            if aligns:
+                loss = loss + result[aux_name]
         if not has_image.all():
             # Text-only rows: keep proj (and z) in the graph so DDP's reducer never waits forever.
-            loss = loss + 0.0 * vis.sum()
+            loss = loss + 0.0 * x["vis"].sum()
         result["loss"] = loss
         return result
+
+    def _aux_loss(self, h: torch.Tensor, target: torch.Tensor, x: dict) -> torch.Tensor:
+        """L_JEPA on the target blocks (masked step), or the alignment loss of nomask / VIRAL on
+        every visual slot: proj_tgt(h_j) at the visual slots against F_tgt's features."""
+        h = h[0] if isinstance(h, tuple) else h
+        start = x["image_start"].clamp(max=h.shape[1] - self.num_visual)
+        idx = start[:, None] + torch.arange(self.num_visual, device=h.device)
+        pred = self.proj_tgt(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
+        if x["jepa_ran"]:
+            return jepa_loss(pred, target, x["layout"].targets, self.cfg.jepa_distance)
+        rows = x["has_image"][:, None].expand(-1, self.num_visual)
+        return align_loss(pred, target, rows, self.cfg.jepa_distance)
 
     def _ntp_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """L_NTP with the LM head applied only where a label is supervised: equal to

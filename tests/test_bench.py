@@ -12,8 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
 import bench  # noqa: E402
-from minijarvis.bench_utils import (METHODS, LiveBytes, median, method_view, mfu,  # noqa: E402
-                                    peak_flops, synthetic_batch, tensor_bytes, train_flops)
+from minijarvis.bench_utils import (METHODS, LiveBytes, is_oom, largest_fitting, median,  # noqa: E402
+                                    make_optimizer, method_view, mfu, peak_flops, synthetic_batch,
+                                    tensor_bytes, train_flops)
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +27,8 @@ def keep_thread_count():
 
 @pytest.fixture(scope="module")
 def tiny():
-    args = bench.parse_args(["--preset", "tiny", "--batch-size", "2", "--caption-len", "8"])
+    threads = str(torch.get_num_threads())  # settle would set 1 for tiny on CPU, for every later test
+    args = bench.parse_args(["--preset", "tiny", "--batch-size", "2", "--caption-len", "8", "--threads", threads])
     device = bench.settle(args)
     return bench.build_model(args, device), args, device
 
@@ -77,6 +79,36 @@ def test_live_bytes_tracks_peak_and_frees():
     assert lb.peak == 8000, f"peak must be x and y alive at once, got {lb.peak}"
     assert lb.live == 4000, f"only x must still be alive, got {lb.live}"
     assert view.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()
+
+
+def test_largest_fitting_doubles_until_the_first_failure():
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= 12
+    assert largest_fitting(fits, 256) == 8 and tried == [1, 2, 4, 8, 16], "stop at the first failure"
+    assert largest_fitting(lambda b: True, 20) == 16, "never above the limit"
+    assert largest_fitting(lambda b: False, 256) == 0, "0 when even batch 1 fails"
+
+
+def test_fits_turns_out_of_memory_into_false_and_frees_the_gradients(tiny, monkeypatch):
+    model, args, device = tiny
+    opt = make_optimizer(model, device)
+
+    def step(model, opt, batch, method, g, bf16):
+        model.proj[0].weight.grad = torch.ones_like(model.proj[0].weight)  # a half-done step
+        if batch["input_ids"].shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 0.0
+    monkeypatch.setattr(bench, "train_step", step)
+    sizes = lambda b: bench.fits(model, opt, synthetic_batch(model, b, "finetune", chat_len=24), args, device)  # noqa: E731
+    assert largest_fitting(sizes, 64) == 4
+    assert model.proj[0].weight.grad is None, "an out-of-memory step must leave no gradients behind"
+    assert is_oom(RuntimeError("CUDA error: out of memory")) and not is_oom(RuntimeError("shape mismatch"))
+    monkeypatch.setattr(bench, "train_step", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        sizes(1)
 
 
 def test_method_views_run_the_intended_forward(tiny):
