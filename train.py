@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import signal
+from contextlib import nullcontext
 import sys
 import time
 from pathlib import Path
@@ -185,11 +186,11 @@ class Trainer:
             return no_sync()  # DDP: reduce gradients once per optimizer step
         if hasattr(self.wrapped, "set_requires_gradient_sync"):
             self.wrapped.set_requires_gradient_sync(last)  # FSDP2's no_sync
-        return _null()
+        return nullcontext()
 
     def _autocast(self):
         if not self.tcfg.bf16:
-            return _null()
+            return nullcontext()
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
 
     def _all_finite(self, loss: float, norm: float) -> bool:
@@ -289,14 +290,6 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [g for g in (dict(params=decay, weight_decay=weight_decay),
                         dict(params=no_decay, weight_decay=0.0)) if g["params"]]
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv=None, on_step=None) -> int:
