@@ -150,6 +150,8 @@ def build_run(args, info: DistInfo) -> Run:
     output = _default_output(args)
     if args.resume:
         ckpt = output / "checkpoint"
+        from .runtime import recover_checkpoint
+        recover_checkpoint(ckpt)  # a crash between the two renames of an atomic save
         if not (ckpt / "trainer.json").exists():
             raise SystemExit(f"--resume: no resumable checkpoint in {ckpt}")
         tcfg = load_config(ckpt / "config.json")["train"]

@@ -94,7 +94,11 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
             rows.append(head + tail)
             labels.append([-100] * len(head) + tail)
         img = None if images is None else images[i:i + 1].expand(len(opts), -1, -1, -1)
-        x = model.prepare_inputs(_batch(model, rows, img, labels))
+        batch = _batch(model, rows, img, labels)
+        # Every option shares the image: encode it once, not once per option.
+        batch["image_features"] = model.context_encoder(batch["images"][:1]).expand(
+            len(opts), -1, -1)
+        x = model.prepare_inputs(batch)
         logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
         target = x["labels"][:, 1:]
         logp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]

@@ -217,7 +217,9 @@ class JarvisModel(nn.Module):
         """
         text_index, slot_index, is_visual, image_start, has_image, length = splice_indices(
             batch["input_ids"], self.image_token_id, self.num_visual)
-        feats = self.context_encoder(batch["images"])
+        feats = batch.get("image_features")  # F_ctx output computed once by the caller, or:
+        if feats is None:
+            feats = self.context_encoder(batch["images"])
         vis = self.proj(feats.to(self.proj[0].weight.dtype))  # [B,N,d]
         jepa = self.sampler is not None and bool(has_image.all())
         if jepa and run_jepa is None:

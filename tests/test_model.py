@@ -219,6 +219,8 @@ def test_score_options_ranks_by_log_likelihood(tokenizer):
     scores = model.score_options(images, ["q one", "q two"], [["A", "B", "C"], ["yes", "no"]])
     assert [s.shape[0] for s in scores] == [3, 2] and all(torch.isfinite(s).all() for s in scores)
     assert all((s <= 0).all() for s in scores), "log-likelihoods are <= 0"
+    alone = model.score_options(images[1:], ["q two"], [["no"]])[0]
+    assert torch.allclose(alone, scores[1][1:], atol=1e-5), "batching options changes a score"
 
 
 def test_sincos_phi_is_the_2d_formula():
