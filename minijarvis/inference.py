@@ -34,9 +34,12 @@ def _batch(model, ids: list[list[int]], images: torch.Tensor | None, labels=None
 
 def _step_mask(x: dict, total: int, dtype) -> torch.Tensor:
     """Mask for one decoding step: the new token sees every real earlier token."""
+    device = x["embeds"].device
     if x["mask"].dim() == 2:
-        return torch.ones(1, total, dtype=torch.long, device=x["embeds"].device)
-    return torch.zeros(1, 1, 1, total, dtype=dtype, device=x["embeds"].device)
+        return torch.ones(1, total, dtype=torch.long, device=device)
+    if x["mask"].dtype == torch.bool:  # SDPA's form
+        return torch.ones(1, 1, 1, total, dtype=torch.bool, device=device)
+    return torch.zeros(1, 1, 1, total, dtype=dtype, device=device)
 
 
 def _stop_ids(model) -> set[int]:

@@ -30,6 +30,7 @@ With the default ranges on a 24x24 grid this branch is never reached.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -80,7 +81,7 @@ class MaskLayout:
     def num_slots(self) -> int:
         return self.context.shape[1]
 
-    @property
+    @functools.cached_property  # the step reads it three times (z, L_JEPA, the attention mask)
     def target_union(self) -> torch.Tensor:
         """bool [B, N]: the slot lies in at least one target block."""
         return self.targets.any(1)
@@ -91,6 +92,8 @@ class MaskLayout:
         return ~(self.context | self.target_union)
 
     def to(self, device) -> "MaskLayout":
+        if self.context.device == torch.device(device):
+            return self  # immutable: no copy, no second validation
         return MaskLayout(self.context.to(device), self.targets.to(device))
 
 
@@ -178,6 +181,7 @@ class MaskSampler:
         self.grid, self.num_targets, self.min_keep, self.faithful = tuple(grid), num_targets, min_keep, faithful
         self.target_scale, self.target_aspect = tuple(target_scale), tuple(target_aspect)
         self.context_scale, self.context_aspect = tuple(context_scale), tuple(context_aspect)
+        self._bands: dict = {}
         H, W = self.grid
         for name, sc, ar in (("target", target_scale, target_aspect), ("context", context_scale, context_aspect)):
             sizes = _attainable_sizes(sc, ar, self.grid, faithful)
@@ -196,13 +200,14 @@ class MaskSampler:
         All randomness comes from ``generator``; its device is the layout's device. With
         generator=None a fresh generator with a non-deterministic seed is used (not reproducible).
         """
-        layout = self.draw_untruncated(batch_size, generator)
-        if self.faithful:
-            layout = MaskLayout(truncate_context(layout.context), layout.targets)
-        return layout
+        context, targets = self._draw(batch_size, generator)
+        return MaskLayout(truncate_context(context) if self.faithful else context, targets)
 
     def draw_untruncated(self, batch_size, generator=None) -> MaskLayout:
         """The layout before the release's truncation (same draws as ``__call__``)."""
+        return MaskLayout(*self._draw(batch_size, generator))
+
+    def _draw(self, batch_size, generator) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
         g = generator
@@ -214,14 +219,13 @@ class MaskSampler:
         ch, cw = self._draw_size(self.context_scale, self.context_aspect, g)
         targets = self._blocks(th, tw, (B, K), g)
         outside = ~targets.any(1)
-        context = torch.zeros(B, N, dtype=torch.bool, device=g.device)
-        todo = torch.arange(B, device=g.device)  # samples whose context still needs a draw
-        for _ in range(MAX_TRIES):
-            context[todo] = self._blocks(ch, cw, (len(todo),), g) & outside[todo]
-            todo = todo[context[todo].sum(1) <= self.min_keep]
+        context = self._blocks(ch, cw, (B,), g) & outside
+        for _ in range(MAX_TRIES - 1):  # re-draw the samples whose context is too small
+            todo = (context.sum(1) <= self.min_keep).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-        return MaskLayout(context, targets)  # samples still in todo keep their 20th draw
+            context[todo] = self._blocks(ch, cw, (len(todo),), g) & outside[todo]
+        return context, targets  # a sample still too small after 20 draws keeps its 20th
 
     def _draw_size(self, scale, aspect, g) -> tuple[int, int]:
         u_s = torch.rand(1, generator=g, device=g.device).item()
@@ -234,10 +238,17 @@ class MaskSampler:
         H, W = self.grid
         # release: randint(0, H - h) with exclusive bound, so no block reaches the last row/col
         extra = 0 if self.faithful else 1
-        top = torch.randint(0, H - h + extra, (*shape, 1), generator=g, device=g.device)
-        left = torch.randint(0, W - w + extra, (*shape, 1), generator=g, device=g.device)
-        rows = torch.arange(H, device=g.device)
-        cols = torch.arange(W, device=g.device)
-        in_rows = (rows >= top) & (rows < top + h)  # [*shape, H]
-        in_cols = (cols >= left) & (cols < left + w)  # [*shape, W]
+        top = torch.randint(0, H - h + extra, shape, generator=g, device=g.device)
+        left = torch.randint(0, W - w + extra, shape, generator=g, device=g.device)
+        in_rows = self._band(h, H, g.device)[top]  # [*shape, H]
+        in_cols = self._band(w, W, g.device)[left]  # [*shape, W]
         return (in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)).flatten(-2)
+
+    def _band(self, size: int, length: int, device) -> torch.Tensor:
+        """bool [length, length], row t True on [t, t + size): a block's rows (or columns) by
+        its first one. Built once per (size, length, device); a lookup per draw after that."""
+        key = (size, length, str(device))
+        if key not in self._bands:
+            pos = torch.arange(length, device=device)
+            self._bands[key] = (pos[None, :] >= pos[:, None]) & (pos[None, :] < pos[:, None] + size)
+        return self._bands[key]

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn_mask import build_attention_mask, to_additive
+from .attn_mask import build_additive_mask, build_attention_mask, to_additive
 from .config import MaskConfig, ModelConfig, default_jepa_layer
 from .encoders import build_context_encoder, build_target_encoder
 from .losses import align_loss, jepa_loss, token_cross_entropy
@@ -183,13 +183,20 @@ class JarvisModel(nn.Module):
 
     def _aux_loss(self, h: torch.Tensor, target: torch.Tensor, x: dict) -> torch.Tensor:
         """L_JEPA on the target blocks (masked step), or the alignment loss of nomask / VIRAL on
-        every visual slot: proj_tgt(h_j) at the visual slots against F_tgt's features."""
+        every visual slot: proj_tgt(h_j) at the visual slots against F_tgt's features.
+
+        L_JEPA reads only slots inside a target block, so proj_tgt runs on those alone (about
+        half the slots), all samples' slots flattened into one row: jepa_loss averages block k
+        over every sample's tokens anyway, so the value is the same as on [B, N]."""
         h = h[0] if isinstance(h, tuple) else h
         start = x["image_start"].clamp(max=h.shape[1] - self.num_visual)
+        if x["jepa_ran"]:
+            b, i = x["layout"].target_union.nonzero(as_tuple=True)  # [M] sample, slot
+            pred = self.proj_tgt(h[b, start[b] + i])  # [M, D]
+            blocks = x["layout"].targets[b, :, i].T  # [K, M]
+            return jepa_loss(pred[None], target[b, i][None], blocks[None], self.cfg.jepa_distance)
         idx = start[:, None] + torch.arange(self.num_visual, device=h.device)
         pred = self.proj_tgt(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
-        if x["jepa_ran"]:
-            return jepa_loss(pred, target, x["layout"].targets, self.cfg.jepa_distance)
         rows = x["has_image"][:, None].expand(-1, self.num_visual)
         return align_loss(pred, target, rows, self.cfg.jepa_distance)
 
@@ -253,24 +260,28 @@ class JarvisModel(nn.Module):
         return embeds, padding, labels
 
     def _attention_mask(self, layout, image_start, length, padding, dtype):
-        """Additive 4D mask for JARVIS or bidirectional-visual steps; the plain 2D padding mask
-        (the HF causal path, as LLaVA's release runs) otherwise."""
+        """The 4D mask of a JARVIS or bidirectional-visual step, in the form the attention
+        backend takes: bool for SDPA (what HF itself hands SDPA on LLaVA's causal steps, so
+        both run the same kernel at the same speed), additive for eager (which ignores a bool
+        mask, DESIGN §5), a BlockMask for FlexAttention. Otherwise the plain 2D padding mask
+        (the HF causal path, as LLaVA's release runs)."""
         has = image_start < length
         if layout is None and not (self.bidirectional_visual and has.any()):
             return padding.long()
         starts = torch.where(has, image_start, 0)  # text-only rows: no span
-        if layout is None:
-            mask = build_attention_mask(None, starts, length, padding, num_visual=self.num_visual,
-                                        bidirectional_visual=True)
-            if not has.all():  # rows without an image stay purely causal
-                causal = build_attention_mask(None, starts, length, padding)
-                mask = torch.where(has[:, None, None, None], mask, causal)
-        else:
-            mask = build_attention_mask(layout, starts, length, padding)
-        if self.cfg.llm_attn == "flex_attention":
+        kwargs = {} if layout is not None else dict(num_visual=self.num_visual, bidirectional_visual=True)
+        impl = self.llm.config._attn_implementation
+        if impl == "eager" and (layout is not None or has.all()):  # built additive, in one go
+            return build_additive_mask(layout, starts, length, padding,
+                                       dtype=_mask_dtype(dtype, padding.device), **kwargs)
+        mask = build_attention_mask(layout, starts, length, padding, **kwargs)
+        if layout is None and not has.all():  # rows without an image stay purely causal
+            causal = build_attention_mask(None, starts, length, padding)
+            mask = torch.where(has[:, None, None, None], mask, causal)
+        if impl == "flex_attention":
             from .inference import to_block_mask
             return to_block_mask(mask)
-        return to_additive(mask, _mask_dtype(dtype, padding.device))
+        return mask if impl == "sdpa" else to_additive(mask, _mask_dtype(dtype, padding.device))
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -15,6 +15,7 @@ from minijarvis.attn_mask import (
     ROLE_PADDING,
     ROLE_TARGET,
     ROLE_TEXT,
+    build_additive_mask,
     build_attention_mask,
     slot_roles,
     to_additive,
@@ -345,3 +346,38 @@ def test_vectorised_builder_matches_loop_reference_on_random_layouts():
         bad = (got != want).nonzero().tolist()
         assert not bad, f"trial {trial}: vectorised mask differs from the loop reference at (b, query, key) {bad[:5]}"
         assert got.any(-1).all(), f"trial {trial}: an empty row"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_build_additive_mask_is_to_additive_of_the_bool_mask(dtype):
+    """The fast additive builder gives bit for bit what the bool builder + to_additive give,
+    with a layout, without one, and with the bidirectional visual span."""
+    g = torch.Generator().manual_seed(7)
+    for trial in range(6):
+        B, N, K = 3, int(torch.randint(1, 10, (1,), generator=g)), int(torch.randint(0, 4, (1,), generator=g))
+        L = N + int(torch.randint(0, 8, (1,), generator=g))
+        context = torch.rand(B, N, generator=g) < 0.4
+        layout = make_layout(context, (torch.rand(B, K, N, generator=g) < 0.4) & ~context[:, None])
+        start = torch.randint(0, L - N + 1, (B,), generator=g)
+        padding = torch.rand(B, L, generator=g) < 0.85
+        for lay, kw in ((layout, {}), (None, {}), (None, dict(num_visual=N, bidirectional_visual=True))):
+            want = to_additive(build_attention_mask(lay, start, L, padding, **kw), dtype)
+            got = build_additive_mask(lay, start, L, padding, dtype=dtype, **kw)
+            assert got.dtype == dtype and torch.equal(got, want), f"trial {trial}, layout={lay is not None}, {kw}"
+
+
+def test_build_additive_mask_in_bf16_with_more_overlapping_blocks_than_bf16_counts_exactly():
+    """bf16 holds integers exactly only up to 256: 300 overlapping blocks make counts round,
+    but a positive count never rounds to 0, so the mask is still exact."""
+    N, K, L = 4, 300, 6
+    layout = make_layout([[True, False, False, False]], torch.zeros(1, K, N, dtype=torch.bool).index_fill_(2, torch.tensor([1, 2]), True))
+    got = build_additive_mask(layout, 1, L, dtype=torch.bfloat16)
+    want = to_additive(build_attention_mask(layout, 1, L), torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_build_additive_mask_rejects_non_float_dtype_and_bad_bidirectional_use():
+    with pytest.raises(ValueError, match="floating"):
+        build_additive_mask(None, 0, 4, dtype=torch.int32)
+    with pytest.raises(ValueError, match="num_visual"):
+        build_additive_mask(None, 0, 4, dtype=torch.float32, bidirectional_visual=True)

@@ -223,6 +223,48 @@ def test_score_options_ranks_by_log_likelihood(tokenizer):
     assert torch.allclose(alone, scores[1][1:], atol=1e-5), "batching options changes a score"
 
 
+def test_mask_form_follows_the_attention_backend_and_gives_the_same_losses(tokenizer):
+    """SDPA gets the bool mask (as HF gives it on LLaVA's causal steps), eager the additive
+    one (eager ignores bool masks); same weights, same batch, same losses."""
+    sdpa = build(tokenizer=tokenizer, llm_attn="sdpa").eval()
+    eager = build(tokenizer=tokenizer, llm_attn="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    batch = make_batch(sdpa, image_at=(2, 5), pad_last=2)
+    out = {}
+    for name, model in (("sdpa", sdpa), ("eager", eager)):
+        with torch.no_grad():
+            x = model.prepare_inputs(batch, torch.Generator().manual_seed(1), run_jepa=True)
+            out[name] = model(batch, torch.Generator().manual_seed(1), run_jepa=True)
+        allowed = build_attention_mask(x["layout"], x["image_start"], x["embeds"].shape[1], x["padding"])
+        if name == "sdpa":
+            assert x["mask"].dtype == torch.bool and torch.equal(x["mask"], allowed)
+        else:
+            assert x["mask"].dtype == torch.float32 and torch.equal(x["mask"] == 0, allowed)
+    for key in ("ntp_loss", "jepa_loss"):
+        assert torch.allclose(out["sdpa"][key], out["eager"][key], atol=1e-5), key
+
+
+def test_jepa_loss_on_target_slots_only_equals_the_loss_over_all_slots(tokenizer):
+    """proj_tgt runs on the target-block slots alone (flattened over the batch); the value is
+    jepa_loss over all [B, N] slots, as written in losses.py, and so is its gradient."""
+    from minijarvis.losses import jepa_loss
+    model = build(tokenizer=tokenizer).train()
+    batch = make_batch(model, image_at=(2, 5))
+    x = model.prepare_inputs(batch, torch.Generator().manual_seed(3), run_jepa=True)
+    h = torch.randn(x["embeds"].shape[0], x["embeds"].shape[1], model.llm.config.hidden_size, requires_grad=True)
+    target = torch.randn(h.shape[0], model.num_visual, model.proj_tgt[-1].out_features)
+    fast = model._aux_loss(h, target, x)
+    idx = x["image_start"][:, None] + torch.arange(model.num_visual)
+    pred = model.proj_tgt(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
+    full = jepa_loss(pred, target, x["layout"].targets)
+    assert torch.allclose(fast, full, atol=1e-6)
+    g_fast, = torch.autograd.grad(fast, h)
+    g_full, = torch.autograd.grad(full, h)
+    assert torch.allclose(g_fast, g_full, atol=1e-6)
+    b, i = x["layout"].target_union.logical_not().nonzero(as_tuple=True)
+    assert len(b) and g_fast[b, x["image_start"][b] + i].abs().sum() == 0, "non-target slots get no gradient"
+
+
 def test_sincos_phi_is_the_2d_formula():
     phi = sincos_2d((2, 3), 8)
     assert phi.shape == (6, 8)
@@ -242,7 +284,7 @@ def test_pos_embed_adds_phi_to_the_latent(tokenizer):
 
 def test_flex_attention_block_mask_gives_the_dense_mask_result(tokenizer):
     """The optional FlexAttention path (a BlockMask built from the same bool mask) computes
-    the same forward as SDPA with the additive mask (its backward needs CUDA)."""
+    the same forward as SDPA with the dense mask (its backward needs CUDA)."""
     dense = build(layers=1, tokenizer=tokenizer).eval()
     flex = build(layers=1, tokenizer=tokenizer, llm_attn="flex_attention").eval()
     flex.load_state_dict(dense.state_dict())
