@@ -1,8 +1,8 @@
 """Speed and memory of minijarvis training steps, with random weights at a preset's real shape.
 
-    python bench.py                                        # tiny preset, CPU, well under a minute
-    python bench.py --preset gemma2-2b --batch-size 1 --steps 2 --warmup 1 --llm-layers 4  # CPU
-    python bench.py --cuda-suite                           # one GPU: the README's speed/memory table
+    python bench.py                          # tiny preset, CPU, about 20 s
+    python bench.py --preset gemma2-2b       # real shape on CPU: batch 1, llava + jarvis, 1 + 2 rounds
+    python bench.py --cuda-suite             # one GPU: the README's speed/memory table
     python bench.py --preset vicuna-7b --attn-compare      # the suite's second half alone (GPU)
 
 One process, one model instance, built as JARVIS stage 1. Each method is a *view* of it
@@ -12,16 +12,21 @@ hits them alike:
     no proj_tgt when neither the JEPA branch nor an alignment loss runs;
   * ``jarvis``: the masked JEPA step, forced on every step (the lambda coin would mix in plain
     steps); ``nomask``: NTP + alignment of h_j at all slots, causal;
-  * breakdown of the JARVIS step, timed in the same rounds: F_tgt forward, mask sampling, mask
-    building (4D mask at the real length), LLM forward+backward with the JARVIS mask (and, for
-    comparison, with LLaVA's causal mask); the rest (F_ctx, proj, losses, AdamW) is "other";
+  * breakdown of the JARVIS step, timed *inside* the jarvis steps themselves
+    (``bench_utils.instrumented``): F_tgt forward, mask sampling, mask building (4D mask at
+    the real length, in the LLM's form), LLM forward + the backward pass (the backward also
+    carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
+    rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
+    costs only its steps;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
 Precision follows train.py --bf16: frozen networks in bf16, what trains in fp32 (stage 2: the
 LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and the JSON says so).
-Memory per method = static (weights of that method's model + its optimizer state) + transient
-(peak above the step's start); see minijarvis/bench_utils.py for how CPU memory is measured.
+Memory per method = static (weights of that method's model + its optimizer state, created
+before the first step) + transient (peak above the step's start): CUDA from the allocator in
+the measured steps, CPU from the first warm-up round (see minijarvis/bench_utils.py).
+Targets (``check_targets``): the step-time target pairs jarvis - llava - F_tgt round by round.
 Random weights: real-shape LLMs are built in fp32 on CPU (HF init), then cast and moved; random
 timm encoders skip timm's slow truncated-normal init (PyTorch's default init, same cost to run).
 """
@@ -32,6 +37,7 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation near the limit
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -40,10 +46,10 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (METHODS, PeakMemory, autocast, available_ram, environment,  # noqa: E402
-                                    interleaved, is_oom, largest_fitting, llm_fwd_bwd, make_optimizer, median,
-                                    method_view, mfu, peak_flops, release, static_bytes,
-                                    synthetic_batch, tensor_bytes, train_flops, train_step)
+from minijarvis.bench_utils import (METHODS, PartTimer, PeakMemory, autocast, available_ram,  # noqa: E402
+                                    environment, fast_random_init, instrumented, interleaved, is_oom, largest_fitting,
+                                    make_optimizer, median, mfu, peak_flops, prime_optimizer, release,
+                                    static_bytes, synthetic_batch, tensor_bytes, train_flops, train_step)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
 from minijarvis.model import JarvisModel  # noqa: E402
 
@@ -60,8 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="stage-1 batch (default: 16 on CUDA, as the release per device; CPU: 8 tiny, 1 real shape)")
     p.add_argument("--stage2-batch-size", type=int, default=None, help="default: largest power of two that fits (CUDA), the stage-1 batch (CPU)")
     p.add_argument("--max-batch", type=int, default=256, help="upper end of the stage-2 batch search")
-    p.add_argument("--steps", type=int, default=10, help="measured steps per method (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per method, median reported (default: 30 tiny on CPU, 2 real shape on CPU, 10 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="unmeasured rounds first; on CPU the first also measures memory (default: 1 on CPU, 2 CUDA)")
     p.add_argument("--caption-len", type=int, default=32, help="stage-1 caption tokens (rows vary by +-25%%)")
     p.add_argument("--chat-len", type=int, default=128, help="stage-2 text tokens around the image")
     p.add_argument("--fixed-length", action="store_true", help="all rows the same length (no padding)")
@@ -70,29 +76,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--llm-layers", type=int, default=None, help="keep the LLM's width, cut its depth (CPU runs of real shapes)")
     p.add_argument("--attn", choices=ATTN_IMPLS, default="auto", help="LLM attention (auto: eager for Gemma2, else sdpa)")
     p.add_argument("--attn-compare", action="store_true", help="also time SDPA vs FlexAttention (CUDA, Llama-style LLMs)")
-    p.add_argument("--methods", default=",".join(METHODS), help="stage-1 methods to time (jarvis gives the breakdown)")
-    p.add_argument("--no-stage2", action="store_true", help="skip the stage-2 step")
+    p.add_argument("--methods", default=None, help="stage-1 methods to time, comma list; jarvis gives the breakdown "
+                   "(default: all three; llava,jarvis for a real shape on CPU)")
+    p.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=None,
+                   help="time a stage-2 step too (default: on, except for a real shape on CPU)")
     p.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak for MFU if not in bench_utils' table")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 is steadier on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default runs/bench/<preset>-<device>.json)")
     p.add_argument("--cuda-suite", action="store_true", help=f"{' and '.join(SUITE)} on the GPU, bf16, checkpointing")
     args = p.parse_args(argv)
-    args.methods = tuple(m for m in args.methods.split(",") if m)
-    if not args.methods or set(args.methods) - set(METHODS):
-        p.error(f"--methods must be a comma list of {', '.join(METHODS)}")
-    if min(args.steps, args.caption_len, args.chat_len - 10, args.max_batch) < 1 or args.warmup < 0:
+    if args.methods is not None:
+        args.methods = tuple(m for m in args.methods.split(",") if m)
+        if not args.methods or set(args.methods) - set(METHODS):
+            p.error(f"--methods must be a comma list of {', '.join(METHODS)}")
+    if min(1 if args.steps is None else args.steps, args.caption_len, args.chat_len - 10, args.max_batch) < 1 \
+            or (args.warmup or 0) < 0:
         p.error("--steps, --caption-len, --max-batch must be >= 1, --chat-len >= 11, --warmup >= 0")
     return args
 
 
 def settle(args) -> torch.device:
-    """Fill the device-dependent defaults in ``args``; return the device."""
+    """Fill the device-dependent defaults in ``args``; return the device.
+
+    A real shape on a CPU is a smoke test of speed and memory at small batch: batch 1, llava
+    and jarvis only, one warm-up round (it also measures memory) and two measured rounds, no
+    stage 2, so Gemma2-2B prints its table in about two minutes on two cores (README)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
     cuda, tiny = device.type == "cuda", args.preset == "tiny"
+    real_cpu = not cuda and not tiny
     args.batch_size = args.batch_size or (16 if cuda else 8 if tiny else 1)
+    args.steps = args.steps or (10 if cuda else 30 if tiny else 2)
+    args.warmup = (2 if cuda else 1) if args.warmup is None else args.warmup
+    if not cuda and args.warmup < 1:
+        raise SystemExit("--warmup must be >= 1 on CPU: the first warm-up round measures memory")
+    args.methods = args.methods or (("llava", "jarvis") if real_cpu else METHODS)
+    args.stage2 = (not real_cpu) if args.stage2 is None else args.stage2
     args.bf16 = (cuda or not tiny) if args.bf16 is None else args.bf16
     args.grad_ckpt = cuda if args.grad_ckpt is None else args.grad_ckpt
     if not cuda and tiny and args.threads is None:
@@ -103,18 +124,34 @@ def settle(args) -> torch.device:
 
 
 def build_model(args, device) -> JarvisModel:
+    """JARVIS stage 1 at the preset's shape. Real shapes get fast random weights
+    (``bench_utils.fast_random_init``), built directly in bf16 with --bf16: Gemma2-2B takes
+    4 s instead of a minute on a CPU. Then, as minijarvis.cli._place: frozen networks in bf16,
+    what trains in fp32."""
     cfg = preset(args.preset)
-    if args.preset != "tiny":  # timm's trunc_normal_ takes minutes on a CPU for two ViT-Ls
+    real = args.preset != "tiny"
+    if real:  # timm's trunc_normal_ takes minutes on a CPU for two ViT-Ls
         cfg.ctx_kwargs = {**cfg.ctx_kwargs, "weight_init": "skip"}
         cfg.tgt_kwargs = {**cfg.tgt_kwargs, "weight_init": "skip"}
     if args.llm_layers:
         cfg.llm_arch = {**cfg.llm_arch, "num_hidden_layers": args.llm_layers}
     cfg.llm_attn = args.attn
     torch.manual_seed(args.seed)
-    model = JarvisModel(cfg, MaskConfig(), stage="align")
-    if args.bf16:  # as minijarvis.cli._place: frozen networks in bf16, what trains stays fp32
+    fast = fast_random_init(args.seed) if real else contextlib.nullcontext()
+    default = torch.get_default_dtype()
+    if real and args.bf16:
+        torch.set_default_dtype(torch.bfloat16)
+    try:
+        with fast:
+            model = JarvisModel(cfg, MaskConfig(), stage="align")
+    finally:
+        torch.set_default_dtype(default)
+    if args.bf16:
         for part in (model.context_encoder, model.target_encoder, model.llm):
             part.to(torch.bfloat16)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
     model.to(device).train()
     if args.grad_ckpt:
         model.enable_gradient_checkpointing()
@@ -125,8 +162,8 @@ def batch_of(model, size, stage, args, device):
     return synthetic_batch(model, size, stage, args.caption_len, args.chat_len, args.fixed_length, device, args.seed)
 
 
-def method_rows(model, opt, batch, methods, times, peaks, args, device, llm_trains) -> dict:
-    """Per method: median step, throughput, memory (CPU: one more, untimed, tracked step), MFU."""
+def method_rows(model, opt, batch, methods, times, peaks, outs, args, device, llm_trains) -> dict:
+    """Per method: median step, throughput, memory (static + transient), MFU, last loss."""
     size = batch["input_ids"].shape[0]
     tokens = int(batch["attention_mask"].sum()) + size * (model.num_visual - 1)
     n_body = sum(p.numel() for p in model.llm.model.layers.parameters())
@@ -134,47 +171,58 @@ def method_rows(model, opt, batch, methods, times, peaks, args, device, llm_trai
                         int((batch["labels"][:, 1:] != -100).sum()), llm_trains)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (
         peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
-    g, rows = torch.Generator().manual_seed(args.seed + 1), {}
+    rows = {}
     for m in methods:
-        with PeakMemory(device, track_cpu=True) as pm:
-            loss = train_step(model, opt, batch, m, g, args.bf16)
-        if device.type != "cuda":
-            peaks[m] = pm.transient
         sec, static = median(times[m]), static_bytes(model, opt, m)
         rows[m] = dict(step_ms=sec * 1e3, min_ms=min(times[m]) * 1e3, steps_ms=[t * 1e3 for t in times[m]],
                        samples_per_s=size / sec, tokens_per_s=tokens / sec, static_mib=static / MIB,
                        transient_mib=peaks[m] / MIB, peak_mib=(static + peaks[m]) / MIB,
-                       mfu=mfu(flops, sec, peak), loss=loss)
+                       mfu=mfu(flops, sec, peak), loss=outs[m][-1]["loss"])
     return dict(batch_size=size, seq_len=batch["input_ids"].shape[1] + model.num_visual - 1, tokens=tokens,
                 model_flops=flops, methods=rows)
 
 
-def measure_stage1(model, args, device) -> dict:
-    """llava / jarvis / nomask steps and the JARVIS breakdown, interleaved (module docstring)."""
-    batch, B = batch_of(model, args.batch_size, "align", args, device), args.batch_size
-    opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
-    fns = {m: (lambda m=m: train_step(model, opt, batch, m, g, args.bf16)) for m in args.methods}
-    if "jarvis" in args.methods:
-        with torch.no_grad(), autocast(device, args.bf16):
-            xj = model.prepare_inputs(batch, g, run_jepa=True)
-            with method_view(model, "llava"):
-                xl = model.prepare_inputs(batch, g, run_jepa=False)
-        L, dtype = xj["embeds"].shape[1], xj["embeds"].dtype
+def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=None) -> tuple:
+    """Interleaved train steps of ``methods`` (names of ``fns``: method or "impl/method"), each
+    instrumented (bench_utils.instrumented): returns interleaved's (times, peaks, outs), every
+    out = {part: seconds} of that step plus its ``loss``."""
+    timer = PartTimer(device)
 
-        def part(fn):  # each part under the step's autocast
-            def call():
-                with autocast(device, args.bf16):
-                    return fn()
-            return call
-        fns.update(target_encoder=part(lambda: model.target_encoder(batch["images"])),
-                   mask_sampling=part(lambda: model.sampler(B, generator=g).to(device)),
-                   mask_building=part(lambda: model._attention_mask(xj["layout"], xj["image_start"], L, xj["padding"], dtype)),
-                   llm_fwd_bwd=part(lambda: llm_fwd_bwd(model, xj)),
-                   llm_fwd_bwd_causal=part(lambda: llm_fwd_bwd(model, xl)))
-    times, peaks = interleaved(fns, args.steps, args.warmup, device)
-    out = method_rows(model, opt, batch, args.methods, times, peaks, args, device, llm_trains=False)
+    def step(method):
+        def run():
+            with instrumented(model, timer):
+                loss = train_step(model, opt, batch, method, g, args.bf16, timer)
+            return dict(timer.collect(), loss=loss)
+        return run
+    fns = {name: step(name.split("/")[-1]) for name in methods}
+    return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup)
+
+
+def part_medians(outs: list[dict]) -> dict:
+    """Median ms of every timed part over the measured steps (0 for a part a step skipped)."""
+    names = {k for out in outs for k in out if k != "loss"}
+    return {k: median(out.get(k, 0.0) for out in outs) * 1e3 for k in sorted(names)}
+
+
+def measure_stage1(model, args, device) -> dict:
+    """llava / jarvis / nomask steps, interleaved, and the JARVIS breakdown timed inside the
+    same jarvis steps (module docstring)."""
+    batch = batch_of(model, args.batch_size, "align", args, device)
+    opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
+    prime_optimizer(opt)
+    times, peaks, outs = timed_steps(model, opt, batch, args.methods, g, args, device)
+    out = method_rows(model, opt, batch, args.methods, times, peaks, outs, args, device, llm_trains=False)
     if "jarvis" in args.methods:
-        out["breakdown_ms"] = {k: median(times[k]) * 1e3 for k in PARTS}
+        jv = part_medians(outs["jarvis"])
+        out["breakdown_ms"] = dict(target_encoder=jv["target_encoder"], mask_sampling=jv["mask_sampling"],
+                                   mask_building=jv["mask_building"], llm_fwd_bwd=jv["llm_forward"] + jv["backward"])
+        out["breakdown_steps_ms"] = {k: [o.get(k, 0.0) * 1e3 for o in outs["jarvis"]] for k in jv}
+        if "llava" in args.methods:
+            ll = part_medians(outs["llava"])
+            out["breakdown_ms"]["llm_fwd_bwd_causal"] = ll["llm_forward"] + ll["backward"]
+            # what JARVIS adds beyond F_tgt, paired round by round: noise common to a round cancels
+            out["extra_ms"] = [(j - l - o["target_encoder"]) * 1e3
+                               for j, l, o in zip(times["jarvis"], times["llava"], outs["jarvis"])]
         with PeakMemory(device) as pm, autocast(device, args.bf16):
             model.target_encoder(batch["images"])
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
@@ -196,13 +244,11 @@ def measure_attention(model, args, device) -> dict:
         return dict(skipped="Gemma2 runs eager (soft-capping); compare on a Llama-style preset")
     batch, before = batch_of(model, args.batch_size, "align", args, device), model.cfg.llm_attn
     opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
-    fns, setup = {}, {}
-    for impl in ("sdpa", "flex_attention"):
-        for m in ("llava", "jarvis"):
-            fns[f"{impl}/{m}"] = lambda m=m: train_step(model, opt, batch, m, g, args.bf16)
-            setup[f"{impl}/{m}"] = lambda impl=impl: set_attention(model, impl)
+    prime_optimizer(opt)
+    names = [f"{impl}/{m}" for impl in ("sdpa", "flex_attention") for m in ("llava", "jarvis")]
+    setup = {name: (lambda impl=name.split("/")[0]: set_attention(model, impl)) for name in names}
     try:  # two more warm-up rounds: the first Flex calls compile (fwd and bwd, per mask kind)
-        times, peaks = interleaved(fns, args.steps, args.warmup + 2, device, setup)
+        times, peaks, _ = timed_steps(model, opt, batch, names, g, args, device, setup, args.warmup + 2)
     finally:
         set_attention(model, "sdpa")
         model.cfg.llm_attn = before
@@ -240,6 +286,7 @@ def measure_stage2(model, args, device) -> dict:
     elif args.bf16:
         model.llm.float()
     opt = make_optimizer(model, device)
+    prime_optimizer(opt)
 
     def fit(size):
         return fits(model, opt, batch_of(model, size, "finetune", args, device), args, device)
@@ -249,14 +296,14 @@ def measure_stage2(model, args, device) -> dict:
         release(device)
         weights = "bf16 (fp32 master weights do not fit on one GPU)"
         opt = make_optimizer(model, device)
+        prime_optimizer(opt)
     size = args.stage2_batch_size or (largest_fitting(fit, args.max_batch) if device.type == "cuda" else args.batch_size)
     if size == 0:
         return dict(skipped="batch 1 does not fit", weights=weights)
     while True:
         batch, g = batch_of(model, size, "finetune", args, device), torch.Generator()
         try:
-            times, peaks = interleaved({"llava": lambda: train_step(model, opt, batch, "llava", g, args.bf16)},
-                                       args.steps, args.warmup, device)
+            times, peaks, outs = timed_steps(model, opt, batch, ("llava",), g, args, device)
             break
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not (is_oom(err) and size > 1):
@@ -264,24 +311,31 @@ def measure_stage2(model, args, device) -> dict:
         size //= 2  # fragmentation near the limit: step back
         opt.zero_grad(set_to_none=True)
         release(device)
-    out = method_rows(model, opt, batch, ("llava",), times, peaks, args, device, llm_trains=True)
+    out = method_rows(model, opt, batch, ("llava",), times, peaks, outs, args, device, llm_trains=True)
     return dict(out, weights=weights, batch_searched=args.stage2_batch_size is None and device.type == "cuda")
 
 
 def check_targets(s1: dict) -> list[dict]:
-    """The three targets of the issue, with the numbers that decide them."""
+    """The three targets of the issue, with the numbers that decide them.
+
+    Step time: jarvis - llava - F_tgt forward is taken round by round (the methods run
+    interleaved, so noise common to a round cancels), and its median must be <= 3% of the
+    llava step; the medians of the three are printed beside it. Masks: the median over the
+    jarvis steps of sampling + building, <= 2% of the jarvis step."""
     if not {"llava", "jarvis"} <= set(s1["methods"]):
         return []
     ll, jv, parts, tgt = s1["methods"]["llava"], s1["methods"]["jarvis"], s1["breakdown_ms"], s1["target_encoder_mib"]
-    step = ll["step_ms"] + parts["target_encoder"] + 0.03 * ll["step_ms"]
-    masks = parts["mask_sampling"] + parts["mask_building"]
+    extra, budget = median(s1["extra_ms"]), 0.03 * ll["step_ms"]
+    steps = s1["breakdown_steps_ms"]
+    masks = median(a + b for a, b in zip(steps["mask_sampling"], steps["mask_building"]))
     mem = 1.05 * ll["peak_mib"] + tgt["weights"] + tgt["activations"]
-    return [dict(name="step time", passed=jv["step_ms"] <= step,
-                 text=f"jarvis {jv['step_ms']:.1f} ms <= llava {ll['step_ms']:.1f} + F_tgt fwd "
-                      f"{parts['target_encoder']:.1f} + 3% {0.03 * ll['step_ms']:.1f} = {step:.1f} ms"),
+    return [dict(name="step time", passed=extra <= budget,
+                 text=f"jarvis - llava - F_tgt fwd, paired by round: median {extra:.2f} ms <= 3% of llava "
+                      f"{budget:.2f} ms  (medians: jarvis {jv['step_ms']:.1f}, llava {ll['step_ms']:.1f}, "
+                      f"F_tgt fwd {parts['target_encoder']:.1f} ms)"),
             dict(name="masks", passed=masks <= 0.02 * jv["step_ms"],
-                 text=f"sampling {parts['mask_sampling']:.2f} + building {parts['mask_building']:.2f} = "
-                      f"{masks:.2f} ms <= 2% of the jarvis step = {0.02 * jv['step_ms']:.2f} ms"),
+                 text=f"sampling {parts['mask_sampling']:.2f} + building {parts['mask_building']:.2f}: "
+                      f"median {masks:.2f} ms <= 2% of the jarvis step = {0.02 * jv['step_ms']:.2f} ms"),
             dict(name="memory", passed=jv["peak_mib"] <= mem,
                  passed_activations_only=jv["peak_mib"] <= mem - tgt["weights"],
                  text=f"jarvis {jv['peak_mib']:.1f} MiB <= 1.05 x llava {ll['peak_mib']:.1f} + F_tgt weights "
@@ -352,7 +406,7 @@ def run(args) -> dict:
         except Exception as err:  # noqa: BLE001
             traceback.print_exc()
             res["attention"] = dict(error=repr(err))
-    if not args.no_stage2:
+    if args.stage2:
         res["stage2"] = measure_stage2(model, args, device)
     res["readme"] = readme_table([res])
     tag = f"-{layers}l" if layers != full else ""

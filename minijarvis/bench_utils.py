@@ -216,6 +216,67 @@ def environment(device: torch.device, command: str | None = None) -> dict:
                 command=command or " ".join(["python", *sys.argv]))
 
 
+# ----------------------------------------------------------------------------- random weights
+_POOL = 1_000_003  # draws per pool: prime, so no power-of-two width repeats rows exactly
+
+
+@contextlib.contextmanager
+def fast_random_init(seed: int = 0):
+    """Build models inside this block with random weights in seconds instead of minutes.
+
+    Weight init on a CPU is random-number bound (Gemma2-2B: 47 s of ``normal_``, before the
+    tensors even move). Inside the block torch's and transformers' initialisers keep their
+    distribution (mean, std, bounds, fans) but tile one pool of ``_POOL`` draws over each
+    tensor, at memory speed. Speed and memory do not depend on the values, which are only
+    pseudo-random (a period of ``_POOL``); never train such a model.
+    """
+    import transformers.initialization as hf_init
+    g = torch.Generator().manual_seed(seed)
+    normal, uniform = torch.randn(_POOL, generator=g), torch.rand(_POOL, generator=g)
+
+    def tile(tensor, pool, scale, shift, lo=None, hi=None):
+        with torch.no_grad():
+            src = (pool * scale + shift).clamp(lo, hi) if lo is not None else pool * scale + shift
+            flat = tensor.view(-1)
+            for i in range(0, flat.numel(), _POOL):
+                flat[i:i + _POOL].copy_(src[:flat.numel() - i])
+        return tensor
+
+    def fan_std(tensor, gain, mode="fan_in"):
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(tensor)
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        return gain / max(fan, 1) ** 0.5
+
+    fast = {
+        "normal_": lambda t, mean=0.0, std=1.0, generator=None: tile(t, normal, std, mean),
+        "uniform_": lambda t, a=0.0, b=1.0, generator=None: tile(t, uniform, b - a, a),
+        "trunc_normal_": lambda t, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None: tile(t, normal, std, mean, a, b),
+        "kaiming_uniform_": lambda t, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None: tile(
+            t, uniform, 2 * 3 ** 0.5 * fan_std(t, torch.nn.init.calculate_gain(nonlinearity, a), mode),
+            -(3 ** 0.5) * fan_std(t, torch.nn.init.calculate_gain(nonlinearity, a), mode)),
+        "kaiming_normal_": lambda t, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None: tile(
+            t, normal, fan_std(t, torch.nn.init.calculate_gain(nonlinearity, a), mode), 0.0),
+        "xavier_uniform_": lambda t, gain=1.0, generator=None: tile(
+            t, uniform, 2 * 3 ** 0.5 * fan_std(t, gain, "fan_avg"), -(3 ** 0.5) * fan_std(t, gain, "fan_avg")),
+        "xavier_normal_": lambda t, gain=1.0, generator=None: tile(t, normal, fan_std(t, gain, "fan_avg"), 0.0),
+    }
+    saved = []
+    modules = dict.fromkeys([torch.nn.init, *(sys.modules[m] for m in hf_init.TORCH_MODULES_TO_PATCH if m in sys.modules)])
+    for module in modules:
+        for name, fn in fast.items():
+            if hasattr(module, name):
+                saved.append((module, name, getattr(module, name)))
+                setattr(module, name, fn)
+    table = {name: hf_init.TORCH_INIT_FUNCTIONS[name] for name in fast if name in hf_init.TORCH_INIT_FUNCTIONS}
+    hf_init.TORCH_INIT_FUNCTIONS.update({name: fast[name] for name in table})
+    try:
+        yield
+    finally:
+        for module, name, fn in reversed(saved):
+            setattr(module, name, fn)
+        hf_init.TORCH_INIT_FUNCTIONS.update(table)
+
+
 # ----------------------------------------------------------------------------- the steps
 def synthetic_batch(model, batch_size: int, stage: str = "align", caption_len: int = 32,
                     chat_len: int = 128, fixed_length: bool = False, device="cpu", seed: int = 0) -> dict:
@@ -278,13 +339,15 @@ def make_optimizer(model, device: torch.device) -> torch.optim.Optimizer:
                              fused=device.type == "cuda")
 
 
-def train_step(model, opt, batch: dict, method: str, generator, bf16: bool = False) -> float:
+def train_step(model, opt, batch: dict, method: str, generator, bf16: bool = False, timer=None) -> float:
     """train.py's step as ``method``: forward, backward, clip the gradient norm to 1.0, AdamW.
-    Parameters without a gradient (another method's) are skipped. Returns the loss."""
+    Parameters without a gradient (another method's) are skipped. Returns the loss. With a
+    :class:`PartTimer`, the backward pass is timed as its part ``backward``."""
     device = batch["input_ids"].device
     with method_view(model, method) as run_jepa, autocast(device, bf16):
         out = model(batch, generator, run_jepa=run_jepa)
-    out["loss"].backward()
+    with timer.part("backward") if timer else contextlib.nullcontext():
+        out["loss"].backward()
     params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
@@ -292,12 +355,103 @@ def train_step(model, opt, batch: dict, method: str, generator, bf16: bool = Fal
     return float(out["loss"].detach())
 
 
-def llm_fwd_bwd(model, x: dict) -> None:
-    """The LLM alone on ``model.prepare_inputs`` output: forward, L_NTP at the supervised
-    positions (the forward's own loss), backward to the input embeddings."""
-    embeds = x["embeds"].detach().requires_grad_()
-    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=x["mask"], use_cache=False).last_hidden_state
-    model._ntp_loss(hidden, x["labels"]).backward()
+def prime_optimizer(opt: torch.optim.Optimizer) -> None:
+    """Create the optimizer state (AdamW's two moments) now, without moving a weight (one step
+    at lr 0 on zero gradients), so that no measured step counts it as transient memory."""
+    lrs = [group["lr"] for group in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
+
+
+class PartTimer:
+    """Seconds spent in named parts of a step, timed *inside* the step, so a part costs what
+    it costs there (cold caches, allocator state) and nothing runs twice.
+
+    ``with timer.part(name): ...`` or ``timer.wrap(fn, name)``; :meth:`collect` returns
+    {name: seconds} summed since the last collect. CPU: ``perf_counter`` (ops are synchronous).
+    CUDA: events on the current stream, read after the step, so no sync is added inside it;
+    a ``host=True`` part (CPU work such as the mask sampler) uses ``perf_counter``, an upper
+    bound on its cost, since it may overlap kernels already queued.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._seconds: dict[str, float] = {}
+        self._events: list = []
+
+    @contextlib.contextmanager
+    def part(self, name: str, host: bool = False):
+        if self.cuda and not host:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._add(name, time.perf_counter() - t0)
+
+    def wrap(self, fn, name: str, host: bool = False):
+        def timed(*args, **kwargs):
+            with self.part(name, host):
+                return fn(*args, **kwargs)
+        return timed
+
+    def _add(self, name: str, seconds: float) -> None:
+        self._seconds[name] = self._seconds.get(name, 0.0) + seconds
+
+    def collect(self) -> dict[str, float]:
+        if self._events:
+            torch.cuda.synchronize()
+            for name, start, end in self._events:
+                self._add(name, start.elapsed_time(end) / 1e3)
+        out, self._seconds, self._events = self._seconds, {}, []
+        return out
+
+
+class _TimedCall:
+    """A callable object (the mask sampler) whose calls a PartTimer times."""
+
+    def __init__(self, fn, timed):
+        self.inner, self._timed = fn, timed
+
+    def __call__(self, *args, **kwargs):
+        return self._timed(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def instrumented(model, timer: PartTimer):
+    """Time the JARVIS-specific parts of ``model``'s forward with ``timer``: ``target_encoder``
+    (F_tgt forward), ``mask_sampling``, ``mask_building`` (the 4D mask in the LLM's form) and
+    ``llm_forward``; :func:`train_step` adds ``backward``. Everything is restored on exit."""
+    llm = model.llm.model
+    patched = [(llm, "forward", timer.wrap(llm.forward, "llm_forward")),
+               (model, "_attention_mask", timer.wrap(model._attention_mask, "mask_building"))]
+    if model.target_encoder is not None:
+        enc = model.target_encoder
+        patched.append((enc, "forward", timer.wrap(enc.forward, "target_encoder")))
+    for obj, name, fn in patched:
+        obj.__dict__[name] = fn  # an instance attribute shadows the method (nn.Module included)
+    sampler = model.sampler
+    if sampler is not None:
+        model.sampler = _TimedCall(sampler, timer.wrap(sampler, "mask_sampling", host=True))
+    try:
+        yield timer
+    finally:
+        for obj, name, _ in patched:
+            del obj.__dict__[name]
+        model.sampler = sampler
 
 
 def static_bytes(model, opt, method: str) -> int:
@@ -314,21 +468,32 @@ def static_bytes(model, opt, method: str) -> int:
 
 
 def interleaved(fns: dict, steps: int, warmup: int, device: torch.device,
-                setup: dict | None = None) -> tuple[dict, dict]:
+                setup: dict | None = None) -> tuple[dict, dict, dict]:
     """``warmup`` + ``steps`` rounds, each calling every fn once in order (``setup[name]()``
-    first, untimed), so that machine noise hits all of them alike. Returns
-    ({name: [seconds per measured round]}, {name: CUDA transient peak bytes, 0 on CPU})."""
-    times, peaks = {k: [] for k in fns}, {k: 0 for k in fns}
+    first, untimed), so that machine noise hits all of them alike.
+
+    Returns ({name: [seconds per measured round]}, {name: transient peak bytes},
+    {name: [fn's return value per measured round]}). Peaks: CUDA, the most over the measured
+    rounds (free to read); CPU, from the first warm-up round, which :class:`LiveBytes` slows
+    down and is untimed anyway (so CPU needs ``warmup >= 1``).
+    """
+    if device.type != "cuda" and warmup < 1:
+        raise ValueError("on CPU the first warm-up round measures memory: use warmup >= 1")
+    times, peaks, outs = {k: [] for k in fns}, {k: 0 for k in fns}, {k: [] for k in fns}
     for i in range(warmup + steps):
         for name, fn in fns.items():
             if setup and name in setup:
                 setup[name]()
-            with PeakMemory(device, track_cpu=False) as pm:
-                seconds, _ = timed(fn, device)
+            with PeakMemory(device, track_cpu=i == 0) as pm:
+                seconds, out = timed(fn, device)
+            if device.type != "cuda" and i == 0:
+                peaks[name] = pm.transient
             if i >= warmup:
                 times[name].append(seconds)
-                peaks[name] = max(peaks[name], pm.transient or 0)
-    return times, peaks
+                outs[name].append(out)
+                if device.type == "cuda":
+                    peaks[name] = max(peaks[name], pm.transient)
+    return times, peaks, outs
 
 
 def largest_fitting(fits, limit: int) -> int:

@@ -65,12 +65,14 @@ def jepa_loss(
             f"targets {tuple(targets.shape)} must be [B, K, N] with [B, N] from pred {tuple(pred.shape)}"
         )
     d = token_distance(pred, target, distance)  # [B, N]
-    weights = targets.to(d.dtype)  # the mask as weights: all blocks at once, no loop over K
-    block_sum = torch.einsum("bn,bkn->k", d, weights)
-    block_count = weights.sum((0, 2))
-    present = (block_count > 0).to(d.dtype)  # an empty block must not give 0/0 = NaN
-    block_mean = block_sum / block_count.clamp(min=1)
-    return (block_mean * present).sum() / present.sum().clamp(min=1)
+    # mean_k (1/c_k) sum_{b,i} t[b,k,i] d[b,i]  =  sum_{b,i} d[b,i] w[b,i]  with the constant
+    # weight w[b,i] = mean_k t[b,k,i] / c_k: all blocks at once, and autograd sees one product.
+    with torch.no_grad():
+        weights = targets.to(d.dtype)
+        count = weights.sum((0, 2))  # c_k, tokens of block k in the batch
+        present = (count > 0).sum().clamp(min=1)  # empty blocks leave the mean (never 0/0 = NaN)
+        w = (weights / count.clamp(min=1)[:, None]).sum(1) / present
+    return (d * w).sum()
 
 
 def align_loss(

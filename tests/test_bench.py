@@ -12,9 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
 import bench  # noqa: E402
-from minijarvis.bench_utils import (METHODS, LiveBytes, is_oom, largest_fitting, median,  # noqa: E402
-                                    make_optimizer, method_view, mfu, peak_flops, synthetic_batch,
-                                    tensor_bytes, train_flops)
+from minijarvis import bench_utils  # noqa: E402
+from minijarvis.bench_utils import (METHODS, LiveBytes, PartTimer, instrumented, interleaved,  # noqa: E402
+                                    is_oom, largest_fitting, make_optimizer, median, method_view, mfu,
+                                    peak_flops, prime_optimizer, synthetic_batch, tensor_bytes,
+                                    train_flops, train_step)
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +133,91 @@ def test_method_views_run_the_intended_forward(tiny):
     assert outs["jarvis"]["jepa_ran"] and outs["jarvis"]["tgt_calls"] == 1, "the jarvis view runs JEPA every step"
     assert outs["nomask"]["align_loss"] is not None and not outs["nomask"]["jepa_ran"], "nomask aligns, unmasked"
     assert model.cfg.method == "jarvis" and model.bidirectional_visual, "a view must restore the model"
+
+
+def test_part_timer_sums_named_parts_and_collect_resets():
+    timer = PartTimer(torch.device("cpu"))
+    for _ in range(2):
+        with timer.part("a"):
+            sum(range(20000))
+    assert timer.wrap(lambda x: x + 1, "b")(1) == 2, "a wrapped call returns what the call returns"
+    got = timer.collect()
+    assert set(got) == {"a", "b"} and got["a"] > 0 and got["b"] >= 0
+    assert timer.collect() == {}, "collect starts a new step"
+
+
+def test_instrumented_times_the_jarvis_parts_inside_the_step_and_restores_the_model(tiny):
+    model, args, device = tiny
+    opt, timer = make_optimizer(model, device), PartTimer(device)
+    batch, g = synthetic_batch(model, 2, "align", caption_len=8), torch.Generator().manual_seed(0)
+    sampler, parts = model.sampler, {}
+    for method in ("jarvis", "llava"):
+        with instrumented(model, timer):
+            train_step(model, opt, batch, method, g, False, timer)
+        parts[method] = timer.collect()
+    assert set(parts["jarvis"]) == {"target_encoder", "mask_sampling", "mask_building", "llm_forward", "backward"}
+    assert all(v > 0 for v in parts["jarvis"].values())
+    assert "target_encoder" not in parts["llava"] and "mask_sampling" not in parts["llava"], \
+        "the llava step runs no F_tgt and draws no masks"
+    assert model.sampler is sampler and "_attention_mask" not in model.__dict__
+    assert "forward" not in model.llm.model.__dict__ and "forward" not in model.target_encoder.__dict__
+
+
+def test_prime_optimizer_creates_the_state_without_moving_a_weight(tiny):
+    model, args, device = tiny
+    opt = make_optimizer(model, device)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    prime_optimizer(opt)
+    assert all(set(opt.state[p]) >= {"exp_avg", "exp_avg_sq"} for p in params), "AdamW state exists"
+    assert all(torch.equal(p, b) for p, b in zip(params, before)), "no weight moved"
+    assert all(p.grad is None for p in params) and opt.param_groups[0]["lr"] == 1e-5
+
+
+def test_interleaved_measures_cpu_memory_in_the_first_warmup_round_only():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return torch.ones(1000).sum()  # a 4000-byte temporary
+    times, peaks, outs = interleaved({"f": fn}, steps=3, warmup=1, device=torch.device("cpu"))
+    assert len(calls) == 4 and len(times["f"]) == 3 and len(outs["f"]) == 3, "warm-up rounds are not kept"
+    assert peaks["f"] >= 4000, "the warm-up round saw the temporary"
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        interleaved({"f": fn}, steps=1, warmup=0, device=torch.device("cpu"))
+
+
+def test_cpu_defaults_keep_a_real_shape_run_to_its_steps():
+    before = torch.get_num_threads()
+    args = bench.parse_args(["--preset", "gemma2-2b", "--device", "cpu", "--threads", str(before)])
+    bench.settle(args)
+    assert (args.batch_size, args.steps, args.warmup, args.methods, args.stage2) == (1, 2, 1, ("llava", "jarvis"), False)
+    args = bench.parse_args(["--device", "cpu", "--threads", str(before)])
+    bench.settle(args)
+    assert (args.batch_size, args.steps, args.methods, args.stage2) == (8, 30, METHODS, True), "tiny: all of it"
+    with pytest.raises(SystemExit, match="warmup"):
+        bench.settle(bench.parse_args(["--device", "cpu", "--warmup", "0", "--threads", str(before)]))
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "0"])
+
+
+def test_fast_random_init_keeps_each_initialisers_scale_and_restores_them():
+    import transformers.initialization as hf_init
+    from transformers import AutoConfig, AutoModelForCausalLM
+    originals = torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, dict(hf_init.TORCH_INIT_FUNCTIONS)
+    config = AutoConfig.for_model("llama", vocab_size=512, hidden_size=256, intermediate_size=512,
+                                  num_hidden_layers=1, num_attention_heads=4)
+    with bench_utils.fast_random_init(seed=0):
+        llm = AutoModelForCausalLM.from_config(config)
+        linear = torch.nn.Linear(300, 200)
+    w = llm.model.layers[0].mlp.gate_proj.weight
+    assert abs(float(w.detach().std()) - config.initializer_range) < 1e-3, "HF's normal_(std=0.02)"
+    bound = 1 / 300 ** 0.5  # torch's default Linear init: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), ...)
+    top = float(linear.weight.detach().abs().max())
+    assert 0.9 * bound < top <= bound
+    assert torch.equal(llm.model.norm.weight, torch.ones(256)), "ones_ is not replaced"
+    assert (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, hf_init.TORCH_INIT_FUNCTIONS) == \
+        (originals[0], originals[1], originals[2]), "everything restored on exit"
 
 
 def test_synthetic_batch_follows_the_collate_contract(tiny):
