@@ -105,7 +105,8 @@ def _geometry(layout, image_start, seq_len, padding, num_visual):
     device = device or torch.device("cpu")
 
     start = torch.as_tensor(image_start, dtype=torch.long, device=device).expand(batch)
-    if ((start < 0) | (start + n > seq_len)).any():
+    lo, hi = torch.aminmax(start)
+    if int(lo) < 0 or int(hi) + n > seq_len:
         raise ValueError(
             f"the visual span [image_start, image_start + {n}) must lie inside [0, {seq_len}); "
             f"got image_start={start.tolist()}"
@@ -157,9 +158,8 @@ def _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectiona
     """
     ctx, tgt, n, offset, real = _geometry(layout, image_start, seq_len, padding, num_visual)
     queries = keys = None
-    self_ok = torch.ones_like(real)
     if layout is None:
-        text_keys = real
+        text_keys, self_ok = real, True
         if bidirectional_visual:  # the whole visual span attends itself both ways
             queries = keys = ((offset >= 0) & (offset < n) & real)[:, None]
     else:
@@ -178,7 +178,11 @@ def _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectiona
     counts = (real[:, :, None].to(dtype) * text_keys[:, None, :].to(dtype)).tril_()
     if queries is not None:
         counts.baddbmm_(queries.transpose(1, 2).to(dtype), keys.to(dtype))
-    counts.diagonal(dim1=1, dim2=2).copy_(self_ok)
+    diagonal = counts.diagonal(dim1=1, dim2=2)
+    if self_ok is True:  # no layout: every row sees itself
+        diagonal.fill_(1)
+    else:
+        diagonal.copy_(self_ok)
     return counts
 
 

@@ -268,7 +268,7 @@ class JarvisModel(nn.Module):
         has = image_start < length
         if layout is None and not (self.bidirectional_visual and has.any()):
             return padding.long()
-        starts = torch.where(has, image_start, 0)  # text-only rows: no span
+        starts = image_start if layout is not None else torch.where(has, image_start, 0)  # text-only: no span
         kwargs = {} if layout is not None else dict(num_visual=self.num_visual, bidirectional_visual=True)
         impl = self.llm.config._attn_implementation
         if impl == "eager" and (layout is not None or has.all()):  # built additive, in one go
