@@ -25,7 +25,7 @@ Precision follows train.py --bf16: frozen networks in bf16, what trains in fp32 
 LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and the JSON says so).
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
-the measured steps, CPU from the first warm-up round (see minijarvis/bench_utils.py).
+the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
 Targets (``check_targets``): the step-time target pairs jarvis - llava - F_tgt round by round.
 Random weights: real-shape LLMs are built in fp32 on CPU (HF init), then cast and moved; random
 timm encoders skip timm's slow truncated-normal init (PyTorch's default init, same cost to run).
@@ -46,10 +46,11 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (METHODS, PartTimer, PeakMemory, autocast, available_ram,  # noqa: E402
-                                    environment, fast_random_init, instrumented, interleaved, is_oom, largest_fitting,
-                                    make_optimizer, median, mfu, peak_flops, prime_optimizer, release,
-                                    static_bytes, synthetic_batch, tensor_bytes, train_flops, train_step)
+from minijarvis.bench_utils import (METHODS, autocast, available_ram, environment,  # noqa: E402
+                                    fast_random_init, instrumented, make_optimizer, mfu, peak_flops,
+                                    prime_optimizer, static_bytes, synthetic_batch, train_flops, train_step)
+from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
+                                median, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
 from minijarvis.model import JarvisModel  # noqa: E402
 

@@ -13,10 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
 import bench  # noqa: E402
 from minijarvis import bench_utils  # noqa: E402
-from minijarvis.bench_utils import (METHODS, LiveBytes, PartTimer, instrumented, interleaved,  # noqa: E402
-                                    is_oom, largest_fitting, make_optimizer, median, method_view, mfu,
-                                    peak_flops, prime_optimizer, synthetic_batch, tensor_bytes,
-                                    train_flops, train_step)
+from minijarvis.bench_utils import (METHODS, instrumented, make_optimizer, method_view, mfu,  # noqa: E402
+                                    peak_flops, prime_optimizer, synthetic_batch, train_flops, train_step)
+from minijarvis.measure import (LiveBytes, PartTimer, interleaved, is_oom, largest_fitting, median,  # noqa: E402
+                                tensor_bytes)
 
 
 @pytest.fixture(autouse=True)
