@@ -26,7 +26,8 @@ LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and 
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
-Targets (``check_targets``): the step-time target pairs jarvis - llava - F_tgt round by round.
+Targets (``minijarvis.bench_report.check_targets``): the step-time target pairs jarvis - llava -
+F_tgt round by round.
 Random weights: real-shape LLMs are built in fp32 on CPU (HF init), then cast and moved; random
 timm encoders skip timm's slow truncated-normal init (PyTorch's default init, same cost to run).
 """
@@ -49,6 +50,7 @@ import torch  # noqa: E402
 from minijarvis.bench_utils import (METHODS, autocast, available_ram, environment,  # noqa: E402
                                     fast_random_init, instrumented, make_optimizer, mfu, peak_flops,
                                     prime_optimizer, static_bytes, synthetic_batch, train_flops, train_step)
+from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
@@ -314,79 +316,6 @@ def measure_stage2(model, args, device) -> dict:
         release(device)
     out = method_rows(model, opt, batch, ("llava",), times, peaks, outs, args, device, llm_trains=True)
     return dict(out, weights=weights, batch_searched=args.stage2_batch_size is None and device.type == "cuda")
-
-
-def check_targets(s1: dict) -> list[dict]:
-    """The three targets of the issue, with the numbers that decide them.
-
-    Step time: jarvis - llava - F_tgt forward is taken round by round (the methods run
-    interleaved, so noise common to a round cancels), and its median must be <= 3% of the
-    llava step; the medians of the three are printed beside it. Masks: the median over the
-    jarvis steps of sampling + building, <= 2% of the jarvis step."""
-    if not {"llava", "jarvis"} <= set(s1["methods"]):
-        return []
-    ll, jv, parts, tgt = s1["methods"]["llava"], s1["methods"]["jarvis"], s1["breakdown_ms"], s1["target_encoder_mib"]
-    extra, budget = median(s1["extra_ms"]), 0.03 * ll["step_ms"]
-    steps = s1["breakdown_steps_ms"]
-    masks = median(a + b for a, b in zip(steps["mask_sampling"], steps["mask_building"]))
-    mem = 1.05 * ll["peak_mib"] + tgt["weights"] + tgt["activations"]
-    return [dict(name="step time", passed=extra <= budget,
-                 text=f"jarvis - llava - F_tgt fwd, paired by round: median {extra:.2f} ms <= 3% of llava "
-                      f"{budget:.2f} ms  (medians: jarvis {jv['step_ms']:.1f}, llava {ll['step_ms']:.1f}, "
-                      f"F_tgt fwd {parts['target_encoder']:.1f} ms)"),
-            dict(name="masks", passed=masks <= 0.02 * jv["step_ms"],
-                 text=f"sampling {parts['mask_sampling']:.2f} + building {parts['mask_building']:.2f}: "
-                      f"median {masks:.2f} ms <= 2% of the jarvis step = {0.02 * jv['step_ms']:.2f} ms"),
-            dict(name="memory", passed=jv["peak_mib"] <= mem,
-                 passed_activations_only=jv["peak_mib"] <= mem - tgt["weights"],
-                 text=f"jarvis {jv['peak_mib']:.1f} MiB <= 1.05 x llava {ll['peak_mib']:.1f} + F_tgt weights "
-                      f"{tgt['weights']:.1f} + F_tgt activations {tgt['activations']:.1f} = {mem:.1f} MiB")]
-
-
-def readme_table(results) -> list[str]:
-    """Markdown rows for the README's speed/memory table."""
-    lines = ["| LLM (random weights) | device | stage, method | batch | step (ms) | samples/s | tokens/s | peak (GiB) | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for stage in ("stage1", "stage2"):
-            s = r.get(stage) or {}
-            for m, row in s.get("methods", {}).items():
-                util = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
-                lines.append(f"| {r['model']['name']} | {r['env']['device']} | {stage[-1]}, {m} | {s['batch_size']} | "
-                             f"{row['step_ms']:.0f} | {row['samples_per_s']:.2f} | {row['tokens_per_s']:.0f} | "
-                             f"{row['peak_mib'] / 1024:.2f} | {util} |")
-    return lines
-
-
-def print_report(res: dict) -> None:
-    a, env, s1 = res["args"], res["env"], res["stage1"]
-    print(f"\nminijarvis bench: {res['model']['name']} on {env['device']}, {env['date']}")
-    print(f"{'bf16 (train.py --bf16)' if a['bf16'] else 'fp32'}, gradient checkpointing "
-          f"{'on' if a['grad_ckpt'] else 'off'}, attention {res['model']['attn']}; median of {a['steps']} "
-          f"steps after {a['warmup']} warm-up rounds, methods interleaved")
-    print(f"{'stage':<6}{'method':<8}{'batch':>6}{'seq':>6}{'step ms':>10}{'samples/s':>11}{'tokens/s':>10}"
-          f"{'peak MiB':>10}{'= static':>10}{' + transient':>13}{'MFU':>7}")
-    for stage in ("stage1", "stage2"):
-        s = res.get(stage) or {}
-        if "skipped" in s:
-            print(f"{stage[-1]:<6}skipped: {s['skipped']}")
-        for m, r in s.get("methods", {}).items():
-            util = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-            print(f"{stage[-1]:<6}{m:<8}{s['batch_size']:>6}{s['seq_len']:>6}{r['step_ms']:>10.1f}{r['samples_per_s']:>11.2f}"
-                  f"{r['tokens_per_s']:>10.0f}{r['peak_mib']:>10.1f}{r['static_mib']:>10.1f}{r['transient_mib']:>13.1f}{util:>7}")
-    if res.get("stage2", {}).get("weights"):
-        print(f"stage 2 weights: {res['stage2']['weights']}")
-    if "breakdown_ms" in s1:
-        jv = s1["methods"]["jarvis"]["step_ms"]
-        parts = dict(s1["breakdown_ms"], other=jv - sum(v for k, v in s1["breakdown_ms"].items() if k != "llm_fwd_bwd_causal"))
-        print("JARVIS step breakdown (median ms, % of the jarvis step; llm_fwd_bwd_causal = same LLM work with LLaVA's mask, not a part):")
-        print("  " + "  ".join(f"{k} {v:.2f} ({100 * v / jv:.1f}%)" for k, v in parts.items()))
-    for k, v in (res.get("attention") or {}).items():
-        print(f"attention {k}: " + (v if isinstance(v, str) else f"{v['step_ms']:.1f} ms, transient {v['transient_mib']:.0f} MiB"))
-    for t in res["targets"]:
-        print(f"[{'PASS' if t['passed'] else 'FAIL'}] {t['name']}: {t['text']}")
-    if res["targets"] and a["preset"] == "tiny":
-        print("(tiny: fixed per-step costs -- mask code, F_tgt's Python, small ops -- weigh far more than at real shapes)")
 
 
 def run(args) -> dict:
