@@ -69,7 +69,7 @@ class Trainer:
         self.stop_requested = False
         self.wrapped = self._wrap()
         self.optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
-                                           betas=(0.9, 0.999), fused=info.device.type == "cuda")
+                                           betas=(0.9, 0.999), fused=info.device.type in ("cuda", "cpu"))
 
     # ---------------------------------------------------------------- parallelism
     def _wrap(self):

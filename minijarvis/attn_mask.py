@@ -63,11 +63,12 @@ def _check_layout(layout) -> tuple[torch.Tensor, torch.Tensor]:
     return ctx, tgt.to(ctx.device)
 
 
-def _geometry(layout, image_start, seq_len, padding, num_visual):
+def _geometry(layout, image_start, seq_len, padding, num_visual, positions=None):
     """Validate the inputs; return (ctx, tgt, N, offset [B, L], real [B, L]).
 
     ``offset[b, p] = p - image_start[b]``: position p relative to the image start, so slot i
-    of sample b sits where offset == i. ``ctx``/``tgt`` are None without a layout.
+    of sample b sits where offset == i. ``ctx``/``tgt`` are None without a layout. With
+    ``positions`` [B, L'] (ascending per row): offset and real at those positions only.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
@@ -111,9 +112,14 @@ def _geometry(layout, image_start, seq_len, padding, num_visual):
             f"the visual span [image_start, image_start + {n}) must lie inside [0, {seq_len}); "
             f"got image_start={start.tolist()}"
         )
-    offset = torch.arange(seq_len, device=device)[None, :] - start[:, None]
     real = torch.ones(batch, seq_len, dtype=torch.bool, device=device) if padding is None else padding.to(device)
-    return ctx, tgt, n, offset, real
+    if positions is None:
+        return ctx, tgt, n, torch.arange(seq_len, device=device)[None, :] - start[:, None], real
+    if not (torch.is_tensor(positions) and positions.dim() == 2 and positions.shape[0] == batch
+            and not positions.dtype.is_floating_point and positions.dtype != torch.bool):
+        raise ValueError(f"positions must be an integer tensor [{batch}, L'] (visible_positions)")
+    positions = positions.to(device)
+    return ctx, tgt, n, positions - start[:, None], real.gather(1, positions)
 
 
 def _slot_membership(ctx, tgt, n, offset):
@@ -142,7 +148,8 @@ def slot_roles(layout, image_start, seq_len: int, padding: torch.Tensor | None =
     return torch.where(real, roles, ROLE_PADDING)
 
 
-def _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectional_visual, dtype):
+def _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectional_visual, dtype,
+                 positions=None):
     """For every (query, key): how many rules allow it, as a float tensor [B, L, L] in ``dtype``
     (> 0 = allowed). The one implementation of the rules; :func:`build_attention_mask` and
     :func:`build_additive_mask` only change its form.
@@ -156,7 +163,7 @@ def _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectiona
     only when it has nothing else to see.
     All in-place after one [B, L, L] allocation, and no bool [B, L, L] pass (they are slow).
     """
-    ctx, tgt, n, offset, real = _geometry(layout, image_start, seq_len, padding, num_visual)
+    ctx, tgt, n, offset, real = _geometry(layout, image_start, seq_len, padding, num_visual, positions)
     queries = keys = None
     if layout is None:
         text_keys, self_ok = real, True
@@ -201,6 +208,7 @@ def build_attention_mask(
     *,
     num_visual: int | None = None,
     bidirectional_visual: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bool attention mask [B, 1, L, L], True = query (row) may attend key (column).
 
@@ -218,6 +226,8 @@ def build_attention_mask(
             attends itself in both directions (the release's ``bidir_visual_attn``). A masked
             step already has its own visual rules, so combining it with a layout is a
             ValueError (pass layout=None for unmasked steps).
+        positions: integer [B, L'], each row ascending (:func:`visible_positions`): build only
+            those rows and columns, [B, 1, L', L'], the full mask's restriction to them.
 
     With a layout (DESIGN §2.4), start from causal + padding, then over the visual span:
     (1) no query attends any visual key, except (2) every query at or after the image start
@@ -229,7 +239,7 @@ def build_attention_mask(
     """
     _check_bidirectional(layout, num_visual, bidirectional_visual)
     counts = _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectional_visual,
-                          torch.float32)
+                          torch.float32, positions)
     return (counts > 0)[:, None]
 
 
@@ -242,6 +252,7 @@ def build_additive_mask(
     dtype: torch.dtype,
     num_visual: int | None = None,
     bidirectional_visual: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``to_additive(build_attention_mask(...), dtype)`` in one pass, the form the LLM takes:
     [B, 1, L, L] in ``dtype``, 0 where allowed, ``finfo(dtype).min`` elsewhere. Same arguments
@@ -249,9 +260,36 @@ def build_additive_mask(
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype (the model's), got {dtype}")
     _check_bidirectional(layout, num_visual, bidirectional_visual)
-    counts = _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectional_visual, dtype)
+    counts = _rule_counts(layout, image_start, seq_len, padding, num_visual, bidirectional_visual, dtype,
+                          positions)
     # count >= 1 -> (1 - 1) * max = 0;  count 0 -> (0 - 1) * max = -max = finfo.min
     return counts.clamp_(max=1).sub_(1).mul_(torch.finfo(dtype).max).to(dtype)[:, None]
+
+
+def visible_positions(layout, image_start, seq_len: int, needed: torch.Tensor | None = None) -> torch.Tensor:
+    """The sequence positions a masked step must compute: LongTensor [B, L'], each row ascending.
+
+    No query attends a dropped slot (module docstring; a dropped slot with nothing else to see
+    attends only itself), so nothing downstream depends on it and the LLM can skip it: every
+    other position gives the same output without it, if each keeps its position id (RoPE).
+    Every row skips as many dropped slots as the row with the fewest (its first ones), so the
+    rows keep one length; the dropped slots a row keeps stay as invisible as before.
+    ``needed`` bool [B, L]: positions whose own output is read (the model passes those whose
+    next label is supervised: in the release the last visual slot, always dropped, predicts
+    the first caption token). Build the mask with ``positions=`` these.
+    """
+    if layout is None:
+        raise ValueError("visible_positions needs a layout (a masked step)")
+    ctx, tgt, n, offset, _ = _geometry(layout, image_start, seq_len, None, None)
+    if needed is not None and (needed.dtype != torch.bool or needed.shape != offset.shape):
+        raise ValueError(f"needed must be a bool tensor {tuple(offset.shape)}")
+    in_span, is_ctx, in_block = _slot_membership(ctx, tgt, n, offset)
+    skip = in_span & ~is_ctx & ~in_block.any(1)
+    if needed is not None:
+        skip &= ~needed
+    count = int(skip.sum(1).min())
+    skip &= skip.cumsum(1) <= count  # the first `count` of each row
+    return torch.sort(skip.to(torch.uint8), dim=1, stable=True).indices[:, :seq_len - count]
 
 
 def to_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -113,11 +113,17 @@ def fast_random_init(seed: int = 0):
     normal, uniform = torch.randn(_POOL, generator=g), torch.rand(_POOL, generator=g)
 
     def tile(tensor, pool, scale, shift, lo=None, hi=None):
+        """tensor.view(-1)[i] = f(pool[i % _POOL]): one chunk scaled and cast, then copies of
+        the filled prefix doubling it (same-dtype memcpy, a few calls per tensor)."""
         with torch.no_grad():
-            src = (pool * scale + shift).clamp(lo, hi) if lo is not None else pool * scale + shift
-            flat = tensor.view(-1)
-            for i in range(0, flat.numel(), _POOL):
-                flat[i:i + _POOL].copy_(src[:flat.numel() - i])
+            flat, n = tensor.view(-1), tensor.numel()
+            src = pool[:min(n, _POOL)] * scale + shift
+            flat[:src.numel()].copy_(src.clamp(lo, hi) if lo is not None else src)
+            done = src.numel()
+            while done < n:
+                step = min(done, n - done)
+                flat[done:done + step].copy_(flat[:step])
+                done += step
         return tensor
 
     def fan_std(tensor, gain, mode="fan_in"):
@@ -212,9 +218,10 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def make_optimizer(model, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over what trains, fused on CUDA (as train.py); a tiny lr keeps random weights finite."""
+    """AdamW over what trains, fused (one kernel per tensor) on CUDA and CPU, as train.py; a
+    tiny lr keeps random weights finite."""
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
-                             fused=device.type == "cuda")
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def train_step(model, opt, batch: dict, method: str, generator, bf16: bool = False, timer=None) -> float:
@@ -250,11 +257,13 @@ def prime_optimizer(opt: torch.optim.Optimizer) -> None:
 @contextlib.contextmanager
 def instrumented(model, timer: PartTimer):
     """Time the JARVIS-specific parts of ``model``'s forward with ``timer``: ``target_encoder``
-    (F_tgt forward), ``mask_sampling``, ``mask_building`` (the 4D mask in the LLM's form) and
-    ``llm_forward``; :func:`train_step` adds ``backward``. Everything is restored on exit."""
+    (F_tgt forward), ``mask_sampling``, ``mask_building`` (which positions the step computes,
+    and the 4D mask over them in the LLM's form) and ``llm_forward``; :func:`train_step` adds
+    ``backward``. Everything is restored on exit."""
     llm = model.llm.model
     patched = [(llm, "forward", timer.wrap(llm.forward, "llm_forward")),
-               (model, "_attention_mask", timer.wrap(model._attention_mask, "mask_building"))]
+               (model, "_attention_mask", timer.wrap(model._attention_mask, "mask_building")),
+               (model, "_kept_positions", timer.wrap(model._kept_positions, "mask_building"))]
     if model.target_encoder is not None:
         enc = model.target_encoder
         patched.append((enc, "forward", timer.wrap(enc.forward, "target_encoder")))

@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--jepa-distance", choices=("cosine", "smooth_l1"), default=None, help="release: raw -cos; I-JEPA: smooth_l1")
     m.add_argument("--bidirectional-visual", choices=("on", "off"), default=None, help="all visual tokens attend each other (release: on for jarvis only)")
     m.add_argument("--pos-embed", action="store_true", default=None, help="paper: z + phi(i); release: z alone")
+    m.add_argument("--keep-dropped-slots", action="store_true", default=None, help="masked steps compute the dropped slots too, as the release (same losses, more compute)")
     m.add_argument("--mask-clean", action="store_true", help="sampler without the release's quirks")
     m.add_argument("--lambda-per-rank", action="store_true", help="each rank draws the lambda coin itself, as the release (ranks may take different branches)")
     m.add_argument("--paper-context-aspect", action="store_true", help="context block aspect in (0.75, 1.5) as the paper's text says (release: 1.0)")
@@ -93,7 +94,8 @@ def _model_overrides(args) -> dict:
     out = dict(method=args.method, jepa_lambda=args.jepa_lambda, jepa_layer=args.jepa_layer,
                jepa_distance=args.jepa_distance, pos_embed=args.pos_embed,
                image_aspect=args.image_aspect, max_length=args.max_length,
-               bidirectional_visual=None if args.bidirectional_visual is None else args.bidirectional_visual == "on")
+               bidirectional_visual=None if args.bidirectional_visual is None else args.bidirectional_visual == "on",
+               skip_dropped=None if args.keep_dropped_slots is None else False)
     return {k: v for k, v in out.items() if v is not None}
 
 

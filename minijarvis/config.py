@@ -50,6 +50,7 @@ class ModelConfig:
     jepa_lambda: float = 0.2  # probability that a stage-1 step skips JEPA (plain NTP)
     jepa_distance: str = "cosine"  # release: raw -cos; "smooth_l1" = I-JEPA on layer-normed targets
     pos_embed: bool = False  # paper: z + phi(i) (2D sin-cos); release: z alone (RoPE only)
+    skip_dropped: bool = True  # masked steps leave out dropped slots (nobody sees them): same losses
     image_aspect: str = "pad"  # LLaVA "pad" to a square in F_ctx's mean colour, or "resize"
     max_length: int = 2048  # tokens after splicing the image; truncation never cuts the image
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn_mask import build_additive_mask, build_attention_mask, to_additive
+from .attn_mask import build_additive_mask, build_attention_mask, to_additive, visible_positions
 from .config import MaskConfig, ModelConfig, default_jepa_layer
 from .encoders import build_context_encoder, build_target_encoder
 from .losses import align_loss, jepa_loss, token_cross_entropy
@@ -151,7 +151,7 @@ class JarvisModel(nn.Module):
         the masks (default: ``generator``); train.py gives each rank its own, as the release.
         ``run_jepa`` overrides the lambda draw (True/False) for tests and tutorials.
         """
-        x = self.prepare_inputs(batch, generator, run_jepa, mask_generator)
+        x = self.prepare_inputs(batch, generator, run_jepa, mask_generator, self.cfg.skip_dropped)
         jepa, has_image = x["jepa_ran"], x["has_image"]
         aux_name = {"jarvis": "jepa_loss", "nomask": "align_loss", "viral": "align_loss"}.get(
             self.cfg.method)
@@ -165,7 +165,7 @@ class JarvisModel(nn.Module):
             hook = layer.register_forward_hook(lambda mod, inp, out: h_j.__setitem__("h", out))
         try:
             hidden = self.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"],
-                                    use_cache=False).last_hidden_state
+                                    position_ids=x["positions"], use_cache=False).last_hidden_state
         finally:
             if hook is not None:
                 hook.remove()
@@ -189,12 +189,15 @@ class JarvisModel(nn.Module):
         half the slots), all samples' slots flattened into one row: jepa_loss averages block k
         over every sample's tokens anyway, so the value is the same as on [B, N]."""
         h = h[0] if isinstance(h, tuple) else h
-        start = x["image_start"].clamp(max=h.shape[1] - self.num_visual)
         if x["jepa_ran"]:
             b, i = x["layout"].target_union.nonzero(as_tuple=True)  # [M] sample, slot
-            pred = self.proj_tgt(h[b, start[b] + i])  # [M, D]
+            at = x["image_start"][b] + i  # position in the full sequence
+            if x["positions"] is not None:  # dropped slots were left out: where it went
+                at = x["index_of"][b, at]
+            pred = self.proj_tgt(h[b, at])  # [M, D]
             blocks = x["layout"].targets[b, :, i].T  # [K, M]
             return jepa_loss(pred[None], target[b, i][None], blocks[None], self.cfg.jepa_distance)
+        start = x["image_start"].clamp(max=h.shape[1] - self.num_visual)
         idx = start[:, None] + torch.arange(self.num_visual, device=h.device)
         pred = self.proj_tgt(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
         rows = x["has_image"][:, None].expand(-1, self.num_visual)
@@ -214,13 +217,20 @@ class JarvisModel(nn.Module):
 
     def prepare_inputs(self, batch: dict, generator: torch.Generator | None = None,
                        run_jepa: bool | None = False,
-                       mask_generator: torch.Generator | None = None) -> dict:
+                       mask_generator: torch.Generator | None = None, skip_dropped: bool = False) -> dict:
         """Splice the image into the sequence and build its attention mask.
 
-        Returns ``embeds`` [B,L,d], ``mask`` (2D padding mask, or additive 4D / BlockMask),
-        ``labels`` [B,L], ``image_start`` [B], ``has_image`` [B], ``vis`` (projected slots),
-        ``layout`` (the masks, or None) and ``jepa_ran``. ``run_jepa=None`` draws the lambda
+        Returns ``embeds`` [B,L,d], ``mask`` (2D padding mask, or 4D in the attention backend's
+        form), ``labels`` [B,L], ``padding`` [B,L], ``image_start`` [B], ``has_image`` [B],
+        ``vis`` (projected slots), ``layout`` (the masks, or None), ``jepa_ran``, and
+        ``positions`` / ``index_of`` (None, see below). ``run_jepa=None`` draws the lambda
         coin from ``generator``; the default False gives the unmasked sequence (inference).
+
+        ``skip_dropped`` (a masked step only): leave out the dropped slots, which no query
+        attends (:func:`attn_mask.visible_positions`). ``embeds``, ``mask``, ``labels`` and
+        ``padding`` then cover the L' kept positions; ``positions`` [B,L'] are their places in
+        the full sequence (the LLM's position ids) and ``index_of`` [B,L] maps a full-sequence
+        place to its kept index. Every loss is the same as on the full sequence.
         """
         text_index, slot_index, is_visual, image_start, has_image, length = splice_indices(
             batch["input_ids"], self.image_token_id, self.num_visual)
@@ -241,9 +251,17 @@ class JarvisModel(nn.Module):
             latent = self.z + self.phi if self.cfg.pos_embed else self.z
             vis = torch.where(layout.target_union[..., None], latent.to(vis.dtype), vis)
         embeds, padding, labels = self._splice(batch, vis, text_index, slot_index, is_visual)
-        mask = self._attention_mask(layout, image_start, length, padding, embeds.dtype)
+        positions = self._kept_positions(layout, image_start, length, labels) if skip_dropped else None
+        mask = self._attention_mask(layout, image_start, length, padding, embeds.dtype, positions)
+        index_of = None
+        if positions is not None:  # the rest of the step sees the kept positions only
+            kept = torch.arange(positions.shape[1], device=positions.device).expand_as(positions)
+            index_of = torch.zeros_like(labels).scatter_(1, positions, kept)
+            embeds = embeds.gather(1, positions[..., None].expand(-1, -1, embeds.shape[-1]))
+            padding, labels = padding.gather(1, positions), labels.gather(1, positions)
         return dict(embeds=embeds, mask=mask, labels=labels, padding=padding, vis=vis,
-                    image_start=image_start, has_image=has_image, layout=layout, jepa_ran=jepa)
+                    image_start=image_start, has_image=has_image, layout=layout, jepa_ran=jepa,
+                    positions=positions, index_of=index_of)
 
     def _splice(self, batch, vis, text_index, slot_index, is_visual):
         """Token embeddings with the visual slots spliced in; padding and labels to match."""
@@ -259,17 +277,28 @@ class JarvisModel(nn.Module):
         labels = batch["labels"].gather(1, gather_text).masked_fill(~real, -100)
         return embeds, padding, labels
 
-    def _attention_mask(self, layout, image_start, length, padding, dtype):
+    def _kept_positions(self, layout, image_start, length, labels):
+        """The positions a masked step computes (:func:`attn_mask.visible_positions`), or None
+        (unmasked step, or nothing to leave out). A dropped slot whose output predicts a
+        supervised label stays."""
+        if layout is None:
+            return None
+        needed = F.pad(labels[:, 1:] != -100, (0, 1))
+        positions = visible_positions(layout, image_start, length, needed)
+        return None if positions.shape[1] == length else positions
+
+    def _attention_mask(self, layout, image_start, length, padding, dtype, positions=None):
         """The 4D mask of a JARVIS or bidirectional-visual step, in the form the attention
         backend takes: bool for SDPA (what HF itself hands SDPA on LLaVA's causal steps, so
         both run the same kernel at the same speed), additive for eager (which ignores a bool
-        mask, DESIGN §5), a BlockMask for FlexAttention. Otherwise the plain 2D padding mask
-        (the HF causal path, as LLaVA's release runs)."""
+        mask, DESIGN §5), a BlockMask for FlexAttention; only at ``positions`` if given.
+        Otherwise the plain 2D padding mask (the HF causal path, as LLaVA's release runs)."""
         has = image_start < length
         if layout is None and not (self.bidirectional_visual and has.any()):
             return padding.long()
         starts = image_start if layout is not None else torch.where(has, image_start, 0)  # text-only: no span
-        kwargs = {} if layout is not None else dict(num_visual=self.num_visual, bidirectional_visual=True)
+        kwargs = dict(positions=positions) if layout is not None else dict(num_visual=self.num_visual,
+                                                                            bidirectional_visual=True)
         impl = self.llm.config._attn_implementation
         if impl == "eager" and (layout is not None or has.all()):  # built additive, in one go
             return build_additive_mask(layout, starts, length, padding,

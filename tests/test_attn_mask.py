@@ -19,6 +19,7 @@ from minijarvis.attn_mask import (
     build_attention_mask,
     slot_roles,
     to_additive,
+    visible_positions,
 )
 
 
@@ -381,3 +382,50 @@ def test_build_additive_mask_rejects_non_float_dtype_and_bad_bidirectional_use()
         build_additive_mask(None, 0, 4, dtype=torch.int32)
     with pytest.raises(ValueError, match="num_visual"):
         build_additive_mask(None, 0, 4, dtype=torch.float32, bidirectional_visual=True)
+
+
+def test_visible_positions_leave_out_exactly_the_slots_nobody_attends():
+    """What a masked step may skip: dropped slots (unless ``needed``), as many per row as the
+    row with the fewest. No kept query attends a skipped position, so kept rows attend as
+    before; and the mask built at the positions is the full mask's restriction to them."""
+    g = torch.Generator().manual_seed(7)
+    for trial in range(12):
+        B, N, K = 3, int(torch.randint(2, 10, (1,), generator=g)), int(torch.randint(1, 4, (1,), generator=g))
+        L = N + int(torch.randint(1, 8, (1,), generator=g))
+        context = torch.rand(B, N, generator=g) < 0.4
+        targets = (torch.rand(B, K, N, generator=g) < 0.3) & ~context[:, None]
+        start = torch.randint(0, L - N + 1, (B,), generator=g)
+        padding = torch.rand(B, L, generator=g) < 0.85
+        needed = torch.rand(B, L, generator=g) < 0.2
+        layout = SimpleNamespace(context=context, targets=targets)
+        full = build_attention_mask(layout, start, L, padding)
+        skippable = (slot_roles(layout, start, L) == ROLE_DROPPED) & ~needed
+        pos = visible_positions(layout, start, L, needed)
+        assert pos.shape[1] == L - int(skippable.sum(1).min())
+        for b in range(B):
+            row = pos[b].tolist()
+            gone = [p for p in range(L) if p not in row]
+            assert row == sorted(set(row)), f"trial {trial}: ascending, no repeats"
+            assert all(skippable[b, p] for p in gone), f"trial {trial}: only skippable slots go"
+            assert not full[b, 0][row][:, gone].any(), f"trial {trial}: a kept query attends a skipped slot"
+        want = torch.stack([full[b, 0][pos[b]][:, pos[b]] for b in range(B)])[:, None]
+        assert torch.equal(build_attention_mask(layout, start, L, padding, positions=pos), want)
+        additive = build_additive_mask(layout, start, L, padding, dtype=torch.bfloat16, positions=pos)
+        assert torch.equal(additive, to_additive(want, torch.bfloat16))
+
+
+def test_visible_positions_on_the_structured_case_and_errors(case):
+    pos = visible_positions(case.layout, case.start, case.L)
+    assert pos.shape == (3, case.L - 2), "every sample has two dropped slots"
+    for b in range(3):
+        dropped = set(positions(case, b, "dropped"))
+        assert set(pos[b].tolist()) == set(range(case.L)) - dropped, "exactly the dropped slots go"
+    needed = torch.zeros(3, case.L, dtype=torch.bool)
+    needed[:, positions(case, 0, "dropped")[0]] = True
+    assert positions(case, 0, "dropped")[0] in visible_positions(case.layout, case.start, case.L, needed)[0]
+    with pytest.raises(ValueError, match="layout"):
+        visible_positions(None, case.start, case.L)
+    with pytest.raises(ValueError, match="needed"):
+        visible_positions(case.layout, case.start, case.L, torch.zeros(3, case.L))
+    with pytest.raises(ValueError, match="positions"):
+        build_attention_mask(case.layout, case.start, case.L, positions=pos.float())

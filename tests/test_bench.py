@@ -159,7 +159,7 @@ def test_instrumented_times_the_jarvis_parts_inside_the_step_and_restores_the_mo
     assert all(v > 0 for v in parts["jarvis"].values())
     assert "target_encoder" not in parts["llava"] and "mask_sampling" not in parts["llava"], \
         "the llava step runs no F_tgt and draws no masks"
-    assert model.sampler is sampler and "_attention_mask" not in model.__dict__
+    assert model.sampler is sampler and not {"_attention_mask", "_kept_positions"} & set(model.__dict__)
     assert "forward" not in model.llm.model.__dict__ and "forward" not in model.target_encoder.__dict__
 
 

@@ -294,3 +294,31 @@ def test_flex_attention_block_mask_gives_the_dense_mask_result(tokenizer):
         b = flex(batch, torch.Generator().manual_seed(1), run_jepa=True)
     assert torch.allclose(a["ntp_loss"], b["ntp_loss"], atol=1e-5)
     assert torch.allclose(a["jepa_loss"], b["jepa_loss"], atol=1e-5)
+
+
+@pytest.mark.parametrize("family,attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"),
+                                         ("gemma2", "auto"), ("mistral", "sdpa")])
+def test_skipping_dropped_slots_gives_the_same_losses_and_gradients(tokenizer, family, attn):
+    """skip_dropped (the default) leaves the slots nobody attends out of the LLM's sequence,
+    with their position ids kept; the release computes them. Same losses, same gradients."""
+    model = build(family, tokenizer=tokenizer, llm_attn=attn).train()
+    batch = make_batch(model, batch_size=3, image_at=(0, 2, 4), pad_last=3)
+    x = model.prepare_inputs(batch, torch.Generator().manual_seed(5), run_jepa=True, skip_dropped=True)
+    full_len = x["index_of"].shape[1]
+    assert x["positions"] is not None and x["embeds"].shape[1] < full_len, "some slots were skipped"
+    last = x["image_start"] + model.num_visual - 1  # always dropped; predicts the first caption token
+    assert (x["positions"] == last[:, None]).any(1).all(), "a dropped slot whose output is read stays"
+    results = {}
+    for skip in (True, False):
+        model.cfg.skip_dropped = skip
+        model.zero_grad(set_to_none=True)
+        out = model(batch, torch.Generator().manual_seed(5), run_jepa=True)
+        out["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[skip] = (out, grads)
+    (a, ga), (b, gb) = results[True], results[False]
+    for key in ("ntp_loss", "jepa_loss"):
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    assert ga.keys() == gb.keys() and {"z", "proj.0.weight", "proj_tgt.0.weight"} <= ga.keys()
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name

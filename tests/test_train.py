@@ -173,3 +173,10 @@ def test_torchrun_two_cpu_processes_agree_on_weights_and_jepa_draws(tmp_path):
                         "--output-dir", "s2"], tmp_path)
     assert r0["checksum"] == r1["checksum"], "FSDP2 ranks hold different (gathered) weights"
     assert r0["fsdp"] and (tmp_path / "s2" / "model.safetensors").exists()
+
+
+def test_method_flags_reach_the_model_config():
+    from minijarvis.cli import _model_overrides, parse_args
+    assert "skip_dropped" not in _model_overrides(parse_args([])), "the default stays the config's"
+    got = _model_overrides(parse_args(["--keep-dropped-slots", "--pos-embed", "--bidirectional-visual", "off"]))
+    assert (got["skip_dropped"], got["pos_embed"], got["bidirectional_visual"]) == (False, True, False)
