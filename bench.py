@@ -185,11 +185,11 @@ def method_rows(model, opt, batch, methods, times, peaks, outs, args, device, ll
                 model_flops=flops, methods=rows)
 
 
-def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=None) -> tuple:
+def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=None, timer=None) -> tuple:
     """Interleaved train steps of ``methods`` (names of ``fns``: method or "impl/method"), each
-    instrumented (bench_utils.instrumented): returns interleaved's (times, peaks, outs), every
-    out = {part: seconds} of that step plus its ``loss``."""
-    timer = PartTimer(device)
+    instrumented (bench_utils.instrumented) with ``timer``: returns interleaved's (times, peaks,
+    outs), every out = {part: seconds} of that step plus its ``loss``."""
+    timer = timer or PartTimer(device)
 
     def step(method):
         def run():
@@ -213,7 +213,8 @@ def measure_stage1(model, args, device) -> dict:
     batch = batch_of(model, args.batch_size, "align", args, device)
     opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
     prime_optimizer(opt)
-    times, peaks, outs = timed_steps(model, opt, batch, args.methods, g, args, device)
+    timer = PartTimer(device)
+    times, peaks, outs = timed_steps(model, opt, batch, args.methods, g, args, device, timer=timer)
     out = method_rows(model, opt, batch, args.methods, times, peaks, outs, args, device, llm_trains=False)
     if "jarvis" in args.methods:
         jv = part_medians(outs["jarvis"])
@@ -226,10 +227,13 @@ def measure_stage1(model, args, device) -> dict:
             # what JARVIS adds beyond F_tgt, paired round by round: noise common to a round cancels
             out["extra_ms"] = [(j - l - o["target_encoder"]) * 1e3
                                for j, l, o in zip(times["jarvis"], times["llava"], outs["jarvis"])]
-        with PeakMemory(device) as pm, autocast(device, args.bf16):
-            model.target_encoder(batch["images"])
+        activations = timer.peaks.get("target_encoder")  # CPU: seen in the memory round
+        if activations is None:  # CUDA: one more F_tgt forward; its allocator statistics are free
+            with PeakMemory(device) as pm, autocast(device, args.bf16):
+                model.target_encoder(batch["images"])
+            activations = pm.transient
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
-                                         activations=pm.transient / MIB)
+                                         activations=activations / MIB)
     return out
 
 

@@ -283,13 +283,13 @@ def visible_positions(layout, image_start, seq_len: int, needed: torch.Tensor | 
     ctx, tgt, n, offset, _ = _geometry(layout, image_start, seq_len, None, None)
     if needed is not None and (needed.dtype != torch.bool or needed.shape != offset.shape):
         raise ValueError(f"needed must be a bool tensor {tuple(offset.shape)}")
-    in_span, is_ctx, in_block = _slot_membership(ctx, tgt, n, offset)
-    skip = in_span & ~is_ctx & ~in_block.any(1)
+    dropped = ~(ctx | (layout.target_union if isinstance(layout, MaskLayout) else tgt.any(1)))  # [B, N]
+    skip = dropped.gather(1, offset.clamp(0, n - 1)) & (offset >= 0) & (offset < n)
     if needed is not None:
         skip &= ~needed
     count = int(skip.sum(1).min())
     skip &= skip.cumsum(1) <= count  # the first `count` of each row
-    return torch.sort(skip.to(torch.uint8), dim=1, stable=True).indices[:, :seq_len - count]
+    return (~skip).nonzero()[:, 1].view(skip.shape[0], seq_len - count)  # row-major: ascending
 
 
 def to_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -95,7 +95,7 @@ def environment(device: torch.device, command: str | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- random weights
-_POOL = 1_000_003  # draws per pool: prime, so no power-of-two width repeats rows exactly
+_POOL = 65_537  # draws per pool: prime, so no power-of-two width repeats rows exactly
 
 
 @contextlib.contextmanager
@@ -259,14 +259,15 @@ def instrumented(model, timer: PartTimer):
     """Time the JARVIS-specific parts of ``model``'s forward with ``timer``: ``target_encoder``
     (F_tgt forward), ``mask_sampling``, ``mask_building`` (which positions the step computes,
     and the 4D mask over them in the LLM's form) and ``llm_forward``; :func:`train_step` adds
-    ``backward``. Everything is restored on exit."""
+    ``backward``. In a CPU memory round F_tgt's own transient peak lands in
+    ``timer.peaks["target_encoder"]``. Everything is restored on exit."""
     llm = model.llm.model
     patched = [(llm, "forward", timer.wrap(llm.forward, "llm_forward")),
                (model, "_attention_mask", timer.wrap(model._attention_mask, "mask_building")),
                (model, "_kept_positions", timer.wrap(model._kept_positions, "mask_building"))]
     if model.target_encoder is not None:
         enc = model.target_encoder
-        patched.append((enc, "forward", timer.wrap(enc.forward, "target_encoder")))
+        patched.append((enc, "forward", timer.wrap(enc.forward, "target_encoder", memory=True)))
     for obj, name, fn in patched:
         obj.__dict__[name] = fn  # an instance attribute shadows the method (nn.Module included)
     sampler = model.sampler

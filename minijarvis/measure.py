@@ -24,7 +24,7 @@ import time
 import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils._pytree import tree_leaves
 
 
@@ -133,6 +133,11 @@ class PeakMemory:
             self.transient = self._mode.peak
 
 
+def tracking_cpu_memory() -> bool:
+    """True inside a :class:`LiveBytes` block (the CPU memory round of :func:`interleaved`)."""
+    return any(isinstance(mode, LiveBytes) for mode in _get_current_dispatch_mode_stack())
+
+
 class PartTimer:
     """Seconds spent in named parts of a step, timed *inside* the step, so a part costs what
     it costs there (cold caches, allocator state) and nothing runs twice.
@@ -142,16 +147,24 @@ class PartTimer:
     CUDA: events on the current stream, read after the step, so no sync is added inside it;
     a ``host=True`` part (CPU work such as the mask sampler) uses ``perf_counter``, an upper
     bound on its cost, since it may overlap kernels already queued.
+    A ``memory=True`` part run inside a CPU memory round (:func:`tracking_cpu_memory`) also
+    records its own transient peak: ``timer.peaks[name]`` (bytes, the most seen).
     """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self._seconds: dict[str, float] = {}
         self._events: list = []
+        self.peaks: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def part(self, name: str, host: bool = False):
-        if self.cuda and not host:
+    def part(self, name: str, host: bool = False, memory: bool = False):
+        if memory and not self.cuda and tracking_cpu_memory():
+            with LiveBytes() as own:  # nested: the round's tracker still sees every op
+                with self.part(name, host):
+                    yield
+            self.peaks[name] = max(self.peaks.get(name, 0), own.peak)
+        elif self.cuda and not host:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             try:
@@ -166,9 +179,9 @@ class PartTimer:
             finally:
                 self._add(name, time.perf_counter() - t0)
 
-    def wrap(self, fn, name: str, host: bool = False):
+    def wrap(self, fn, name: str, host: bool = False, memory: bool = False):
         def timed(*args, **kwargs):
-            with self.part(name, host):
+            with self.part(name, host, memory):
                 return fn(*args, **kwargs)
         return timed
 
