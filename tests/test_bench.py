@@ -83,6 +83,23 @@ def test_live_bytes_tracks_peak_and_frees():
     assert view.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()
 
 
+def test_memory_part_records_its_own_peak_only_inside_a_cpu_memory_round():
+    timer = PartTimer(torch.device("cpu"))
+
+    def work():
+        a = torch.ones(1000)  # 4000 bytes
+        return (a * 2).sum()  # 4000 more, and the 4-byte sum while both live
+    wrapped = timer.wrap(work, "part", memory=True)
+    wrapped()
+    assert timer.peaks == {}, "no memory round, no tracking (and no slow-down)"
+    with LiveBytes() as round_:
+        big = torch.ones(5000)  # 20000 bytes before the part: not the part's own
+        wrapped()
+    assert timer.peaks == {"part": 8004}, "the part's own peak, not the round's"
+    assert round_.peak >= 20000 + 8004, "the round's tracker still sees the part's tensors"
+    assert set(timer.collect()) == {"part"} and big.numel() == 5000
+
+
 def test_largest_fitting_doubles_until_the_first_failure():
     tried = []
 
