@@ -78,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None, help="gradient checkpointing (default: on for CUDA)")
     p.add_argument("--llm-layers", type=int, default=None, help="keep the LLM's width, cut its depth (CPU runs of real shapes)")
     p.add_argument("--attn", choices=ATTN_IMPLS, default="auto", help="LLM attention (auto: eager for Gemma2, else sdpa)")
+    p.add_argument("--keep-dropped-slots", action="store_true", help="masked steps compute the dropped slots, as the release (train.py's flag)")
     p.add_argument("--attn-compare", action="store_true", help="also time SDPA vs FlexAttention (CUDA, Llama-style LLMs)")
     p.add_argument("--methods", default=None, help="stage-1 methods to time, comma list; jarvis gives the breakdown "
                    "(default: all three; llava,jarvis for a real shape on CPU)")
@@ -139,6 +140,7 @@ def build_model(args, device) -> JarvisModel:
     if args.llm_layers:
         cfg.llm_arch = {**cfg.llm_arch, "num_hidden_layers": args.llm_layers}
     cfg.llm_attn = args.attn
+    cfg.skip_dropped = not args.keep_dropped_slots
     torch.manual_seed(args.seed)
     fast = fast_random_init(args.seed) if real else contextlib.nullcontext()
     default = torch.get_default_dtype()

@@ -35,6 +35,13 @@ def tiny():
     return bench.build_model(args, device), args, device
 
 
+def test_keep_dropped_slots_reaches_the_model(tiny):
+    model, args, device = tiny
+    assert model.cfg.skip_dropped, "default: masked steps skip the dropped slots"
+    keep = bench.parse_args(["--keep-dropped-slots", "--threads", str(torch.get_num_threads())])
+    assert not bench.build_model(keep, bench.settle(keep)).cfg.skip_dropped
+
+
 def test_median_of_odd_and_even_counts_and_empty_is_an_error():
     assert median([3.0, 1.0, 2.0]) == 2.0, "odd count: the middle value"
     assert median([4.0, 1.0, 2.0, 3.0]) == 2.5, "even count: mean of the two middle values"
