@@ -1,6 +1,6 @@
 """Speed and memory of minijarvis training steps, with random weights at a preset's real shape.
 
-    python bench.py                          # tiny preset, CPU, about 20 s
+    python bench.py                          # tiny preset, CPU, about 16 s
     python bench.py --preset gemma2-2b       # real shape on CPU: batch 1, llava + jarvis, 1 + 2 rounds
     python bench.py --cuda-suite             # one GPU: the README's speed/memory table
     python bench.py --preset vicuna-7b --attn-compare      # the suite's second half alone (GPU)
@@ -11,10 +11,12 @@ hits them alike:
   * ``llava``: plain causal NTP on the unmasked image. The forward runs no target encoder and
     no proj_tgt when neither the JEPA branch nor an alignment loss runs;
   * ``jarvis``: the masked JEPA step, forced on every step (the lambda coin would mix in plain
-    steps); ``nomask``: NTP + alignment of h_j at all slots, causal;
+    steps); its LLM skips the dropped slots nobody attends, as train.py does
+    (``--keep-dropped-slots``: the release's full sequence); ``nomask``: NTP + alignment of h_j
+    at all slots, causal;
   * breakdown of the JARVIS step, timed *inside* the jarvis steps themselves
-    (``bench_utils.instrumented``): F_tgt forward, mask sampling, mask building (4D mask at
-    the real length, in the LLM's form), LLM forward + the backward pass (the backward also
+    (``bench_utils.instrumented``): F_tgt forward, mask sampling, mask building (the kept
+    positions and the 4D mask over them, in the LLM's form), LLM forward + the backward pass (the backward also
     carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
@@ -28,8 +30,8 @@ before the first step) + transient (peak above the step's start): CUDA from the 
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
 Targets (``minijarvis.bench_report.check_targets``): the step-time target pairs jarvis - llava -
 F_tgt round by round.
-Random weights: real-shape LLMs are built in fp32 on CPU (HF init), then cast and moved; random
-timm encoders skip timm's slow truncated-normal init (PyTorch's default init, same cost to run).
+Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
+then moved; random timm encoders skip timm's slow truncated-normal init.
 """
 from __future__ import annotations
 

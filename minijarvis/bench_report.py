@@ -68,7 +68,7 @@ def print_report(res: dict) -> None:
     if "breakdown_ms" in s1:
         jv = s1["methods"]["jarvis"]["step_ms"]
         parts = dict(s1["breakdown_ms"], other=jv - sum(v for k, v in s1["breakdown_ms"].items() if k != "llm_fwd_bwd_causal"))
-        print("JARVIS step breakdown (median ms, % of the jarvis step; llm_fwd_bwd_causal = same LLM work with LLaVA's mask, not a part):")
+        print("JARVIS step breakdown (median ms, % of the jarvis step; llm_fwd_bwd_causal = the llava step's LLM, not a part):")
         print("  " + "  ".join(f"{k} {v:.2f} ({100 * v / jv:.1f}%)" for k, v in parts.items()))
     for k, v in (res.get("attention") or {}).items():
         print(f"attention {k}: " + (v if isinstance(v, str) else f"{v['step_ms']:.1f} ms, transient {v['transient_mib']:.0f} MiB"))
