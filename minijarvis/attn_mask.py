@@ -16,6 +16,9 @@ Padding wins over the layout: a padded position is padding whatever its slot say
 column (key). The LLM takes the additive form, 0 / ``finfo.min``: :func:`build_additive_mask`
 (same rules, built directly) or :func:`to_additive` of a bool mask. A bool 4D mask is silently
 ignored by HF's ``eager`` attention, and ``-inf`` turns a fully masked row into NaN (DESIGN §5).
+Since nobody attends a dropped slot, a masked step may leave them out: :func:`visible_positions`
+gives the positions to keep, and both builders take them as ``positions=`` (rows and columns
+at those positions only).
 
 Every row has at least one True, so no softmax row is empty:
 
