@@ -7,6 +7,7 @@ Data flow of one stage-1 JARVIS step (DESIGN.md §2):
     slots  = target slots replaced by z (+ phi(i))          dropped slots keep their features
     seq    = [text before image][N slots][caption][pad]     spliced at the <image> token
     mask   = build_attention_mask(layout, ...)              the four rules, one forward pass
+    skip   = visible_positions(layout, ...)                 dropped slots nobody sees leave the LLM
     LLM(seq, mask) -> logits -> L_NTP ;  hook on layer j -> h_j -> proj_tgt -> L_JEPA vs F_tgt
     loss   = L_NTP + L_JEPA   (with probability lambda: plain NTP on the unmasked image)
 
