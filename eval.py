@@ -115,7 +115,7 @@ def answer(model, images: torch.Tensor, items: list[B.Item], args) -> list[dict]
 def evaluate(model, items: list[B.Item], args, label: str) -> tuple[list[dict], list]:
     """One record per answered item, and (id, reason) for items whose image could not be read."""
     records, skipped = [], []
-    size, mean, aspect = model.image_size, model.image_mean, model.cfg.image_aspect
+    size, mean, aspect = model.image_size, model.image_mean, model.image_aspect
     bar = tqdm(total=len(items), desc=label, unit="q")
     for start in range(0, len(items), args.batch_size):
         batch, images = [], []

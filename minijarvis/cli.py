@@ -14,11 +14,22 @@ from pathlib import Path
 
 import torch
 
-from .config import (ENCODERS, LLAVA_STAGE_DEFAULTS, METHODS, PRESETS, STAGES, MaskConfig,
-                     TrainConfig, load_config, preset)
+from .config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
+                     PRESETS, STAGES, MaskConfig, TrainConfig, load_config, preset)
 from .data import LlavaDataset, make_collate
 from .model import JarvisModel
 from .runtime import DistInfo, print0
+
+
+def context_layer(text: str) -> int:
+    """--context-layer: "penultimate" (-2), "last" (-1) or a block index."""
+    if text in CONTEXT_LAYERS:
+        return CONTEXT_LAYERS[text]
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {' or '.join(CONTEXT_LAYERS)} or a block index, got {text!r}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.add_argument("--preset", choices=PRESETS, default="tiny", help="LLM + encoders; tiny runs offline on a CPU")
     a.add_argument("--llm", default=None, help="hub id or local directory of a causal LM (overrides the preset's LLM)")
     a.add_argument("--context-encoder", default=None, help=f"timm model name or one of {', '.join(ENCODERS)}")
+    a.add_argument("--context-layer", type=context_layer, default=None, help="block F_ctx reads: penultimate, last or an index (negative from the end) (default: the release's per family, last for SigLIP, penultimate otherwise)")
+    a.add_argument("--context-norm", choices=("on", "off"), default=None, help="F_ctx through the encoder's final norm (default: on for SigLIP, off otherwise)")
     a.add_argument("--target-encoder", default=None, help="timm model name or an encoder key, as above")
     a.add_argument("--context-weights", default="", help="local weights file for the context encoder")
     a.add_argument("--target-weights", default="", help="local weights file for the target encoder")
@@ -51,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--image-folder", default="", help="folder the JSON's image paths are relative to")
     d.add_argument("--synthetic-size", type=int, default=512, help="records of built-in data")
     d.add_argument("--plain-style", choices=("release", "llava"), default="release", help="stage-1 template: release = <image>+caption; llava adds BOS and a trailing newline")
-    d.add_argument("--image-aspect", choices=("pad", "resize"), default=None, help="LLaVA pads to a square in the encoder's mean colour")
+    d.add_argument("--image-aspect", choices=IMAGE_ASPECTS, default=None, help="fit images to the encoder's square: crop = CLIP processor (short side, centre crop), pad = square in the encoder's mean colour, resize = distort (default: the release's, crop in stage 1, pad in stage 2)")
     d.add_argument("--max-length", type=int, default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
     d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
     d.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
@@ -75,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.stage == "finetune" and not (args.init or args.resume) and args.preset == "tiny" and not args.llm:
         p.error("--stage finetune needs --init <stage-1 output dir> (or --resume)")
+    if (args.init or args.resume) and (args.context_layer is not None or args.context_norm is not None):
+        p.error("--context-layer/--context-norm choose what a new model's context encoder reads; "
+                "with --init or --resume it is the checkpoint's (its projector was trained on it)")
     if args.init and args.stage == "align":
         p.error("--init starts stage 2 from a stage-1 checkpoint: use it with --stage finetune")
     return args
@@ -116,7 +132,9 @@ def new_model_config(args):
             name, kwargs, pretrained = _encoder(flag, args.random_init)
             cfg = dataclasses.replace(cfg, **{f"{prefix}_encoder": name, f"{prefix}_kwargs": kwargs,
                                               f"{prefix}_pretrained": pretrained})
-    cfg = dataclasses.replace(cfg, ctx_weights=args.context_weights, tgt_weights=args.target_weights)
+    cfg = dataclasses.replace(cfg, ctx_weights=args.context_weights, tgt_weights=args.target_weights,
+                              ctx_layer=args.context_layer,
+                              ctx_norm=None if args.context_norm is None else args.context_norm == "on")
     return dataclasses.replace(cfg, **_model_overrides(args)), real
 
 
@@ -178,7 +196,7 @@ def build_run(args, info: DistInfo) -> Run:
         data, folder = _synthetic(tcfg, info)
     dataset = LlavaDataset(data, folder or ".", model.tokenizer, stage=model.stage,
                            image_size=model.image_size, image_mean=model.image_mean,
-                           aspect=model.cfg.image_aspect, max_length=model.cfg.max_length,
+                           aspect=model.image_aspect, max_length=model.cfg.max_length,
                            num_visual=model.num_visual, strict=tcfg.strict,
                            plain_style=tcfg.plain_style)
     if dataset.num_invalid:

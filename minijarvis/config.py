@@ -19,7 +19,9 @@ METHODS = ("jarvis", "llava", "nomask", "viral")
 STAGES = ("align", "finetune")
 DISTANCES = ("cosine", "smooth_l1")
 ATTN_IMPLS = ("auto", "sdpa", "eager", "flex_attention")
-IMAGE_ASPECTS = ("pad", "resize")
+IMAGE_ASPECTS = ("pad", "resize", "crop")
+# The release reads the context features per encoder family (see ModelConfig.context_features).
+CONTEXT_LAYERS = {"penultimate": -2, "last": -1}
 
 
 @dataclass
@@ -38,6 +40,10 @@ class ModelConfig:
     ctx_pretrained: bool = False
     ctx_weights: str = ""  # local .safetensors/.bin/.pth file; implies pretrained weights
     ctx_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs
+    # Which block F_ctx reads (negative = from the end: -2 penultimate, -1 last) and whether its
+    # final norm applies. None = the release's per-family default (context_features()).
+    ctx_layer: int | None = None
+    ctx_norm: bool | None = None
     # Target encoder F_tgt (JARVIS, nomask, VIRAL only). Sees the image at F_ctx's resolution.
     tgt_encoder: str = "vit_small_patch14_reg4_dinov2"
     tgt_pretrained: bool = False
@@ -51,7 +57,9 @@ class ModelConfig:
     jepa_distance: str = "cosine"  # release: raw -cos; "smooth_l1" = I-JEPA on layer-normed targets
     pos_embed: bool = False  # paper: z + phi(i) (2D sin-cos); release: z alone (RoPE only)
     skip_dropped: bool = True  # masked steps leave out dropped slots (nobody sees them): same losses
-    image_aspect: str = "pad"  # LLaVA "pad" to a square in F_ctx's mean colour, or "resize"
+    # "crop" (CLIP processor: short side to the input size, centre crop), "pad" (LLaVA: square in
+    # F_ctx's mean colour) or "resize" (distorts). None = the release's per stage (resolved_image_aspect).
+    image_aspect: str | None = None
     max_length: int = 2048  # tokens after splicing the image; truncation never cuts the image
 
     def resolved_bidirectional_visual(self) -> bool:
@@ -60,11 +68,26 @@ class ModelConfig:
             return self.method == "jarvis"
         return self.bidirectional_visual
 
+    def resolved_image_aspect(self, stage: str) -> str:
+        """The release's default per stage: its stage-1 script sets no aspect option, so the CLIP
+        processor crops; stage 2 pads (``--image_aspect_ratio pad``). A set value wins."""
+        return self.image_aspect if self.image_aspect is not None else release_image_aspect(stage)
+
+    def context_features(self) -> tuple[int, bool]:
+        """(block index, final norm) F_ctx reads. The release's default per family: SigLIP /
+        SigLIP2 -> the last block through the final norm (the vision model's last_hidden_state;
+        no prefix token); every other encoder (CLIP) -> the penultimate block, no norm (LLaVA)."""
+        siglip = "siglip" in self.ctx_encoder.lower()
+        layer = self.ctx_layer if self.ctx_layer is not None else (-1 if siglip else -2)
+        norm = self.ctx_norm if self.ctx_norm is not None else siglip
+        return layer, norm
+
     def validate(self) -> None:
         _choice("method", self.method, METHODS)
         _choice("jepa_distance", self.jepa_distance, DISTANCES)
         _choice("llm_attn", self.llm_attn, ATTN_IMPLS)
-        _choice("image_aspect", self.image_aspect, IMAGE_ASPECTS)
+        if self.image_aspect is not None:
+            _choice("image_aspect", self.image_aspect, IMAGE_ASPECTS)
         if not 0.0 <= self.jepa_lambda <= 1.0:
             raise ValueError(f"jepa_lambda must lie in [0, 1], got {self.jepa_lambda}")
         if not self.llm_pretrained and not self.llm_arch:
@@ -74,6 +97,13 @@ class ModelConfig:
             raise ValueError(f"jepa_layer must be >= 1 (hidden_states index), got {self.jepa_layer}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+
+
+def release_image_aspect(stage: str) -> str:
+    """How the release fits an image to the encoder's square input in ``stage``: "crop" in stage
+    1 (no aspect option: CLIP's processor resizes and centre-crops), "pad" in stage 2."""
+    _choice("stage", stage, STAGES)
+    return "crop" if stage == "align" else "pad"
 
 
 @dataclass
@@ -174,10 +204,12 @@ _LLM_HUB = {"gemma2-2b": "google/gemma-2-2b-it", "llama3.2-3b": "meta-llama/Llam
             "qwen2-7b": "Qwen/Qwen2-7B-Instruct"}
 
 # Vision encoders: (timm name, timm kwargs). The paper's: CLIP ViT-L/14@336 (context),
-# DINOv2-L/14 (target, run at 336 px -> 24x24), SigLIP2 (context, 384 px).
+# DINOv2-L/14 (target, run at 336 px -> 24x24), SigLIP2-So400M/14 at 384 px (context, 27x27 =
+# 729 tokens: its patch convolution drops 384 - 27*14 = 6 pixels). timm holds that network as
+# the 378 px variant (27 * 14, the same 27x27 grid, nothing dropped).
 ENCODERS = {
     "clip-l-336": ("vit_large_patch14_clip_336.openai", {}),
-    "siglip2-so400m-384": ("vit_so400m_patch16_siglip_384.v2_webli", {}),
+    "siglip2-so400m-384": ("vit_so400m_patch14_siglip_378.v2_webli", {}),
     "dinov2-l": ("vit_large_patch14_dinov2.lvd142m", {}),
     # Tiny random encoders for offline runs: 12x12 grids at 192 px, two blocks, width 64.
     "tiny-clip": ("vit_base_patch16_clip_224", dict(img_size=192, depth=2, embed_dim=64, num_heads=2)),

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
+from minijarvis.config import IMAGE_ASPECTS, release_image_aspect
 from minijarvis.tokenizer import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
@@ -213,15 +214,36 @@ def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.I
     return out
 
 
-def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
-    """Path or PIL image -> float [3, size, size] in [0, 1].
+def shortest_edge_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after resizing the short side to ``size`` and the long side in
+    proportion, truncated as transformers' ``get_resize_output_image_size`` does
+    (``int(size * long / short)``, never rounded up)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
 
-    ``aspect="pad"``: :func:`expand2square` in the encoder's mean colour ``int(m * 255)`` (LLaVA),
-    then bicubic resize; ``"resize"``: bicubic resize straight to size x size (distorts).
+
+def resize_and_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """CLIP's processor (``CLIPImageProcessor`` on PIL, shortest_edge = crop = ``size``): PIL
+    bicubic resize of the uint8 image to :func:`shortest_edge_size`, then the centred
+    ``size x size`` window whose top-left corner is ``((w - size) // 2, (h - size) // 2)``."""
+    width, height = shortest_edge_size(*img.size, size)
+    img = img.resize((width, height), Image.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
+    """Path or PIL image -> float [3, size, size] in [0, 1] (uint8 / 255, as the processor's
+    rescale; each encoder applies its own mean/std).
+
+    ``aspect="crop"``: :func:`resize_and_center_crop` (CLIP's processor; the release's stage 1);
+    ``"pad"``: :func:`expand2square` in the encoder's mean colour ``int(m * 255)``, then bicubic
+    resize (LLaVA's stage 2); ``"resize"``: bicubic resize straight to size x size (distorts).
     A missing or undecodable file raises :class:`BadRecord` (id = ``record_id`` or the path).
     """
-    if aspect not in ("pad", "resize"):
-        raise ValueError(f"aspect must be 'pad' or 'resize', got {aspect!r}")
+    if aspect not in IMAGE_ASPECTS:
+        raise ValueError(f"aspect must be one of {', '.join(IMAGE_ASPECTS)}; got {aspect!r}")
     background = tuple(int(m * 255) for m in mean)
     rid = record_id or str(src)
     if isinstance(src, Image.Image):
@@ -235,9 +257,12 @@ def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -
             raise BadRecord(rid, f"image file not found: {src}") from None
         except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
             raise BadRecord(rid, f"cannot decode image {src}: {type(e).__name__}: {e}") from None
-    if aspect == "pad":
-        rgb = expand2square(rgb, background)
-    rgb = rgb.resize((size, size), Image.BICUBIC)
+    if aspect == "crop":
+        rgb = resize_and_center_crop(rgb, size)
+    else:
+        if aspect == "pad":
+            rgb = expand2square(rgb, background)
+        rgb = rgb.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
 
 
@@ -327,18 +352,20 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     Records failing the structural checks are dropped at construction (``strict``: raise);
     ``problems`` lists them as (id, reason) and ``num_invalid`` counts them; ``len`` counts the
-    rest. Image and length problems surface when an item is loaded. ``num_visual`` = H*W.
+    rest. Image and length problems surface when an item is loaded. ``num_visual`` = H*W;
+    ``aspect`` (:func:`load_image`) None = the release's for ``stage`` (crop, or pad in stage 2).
     """
 
     def __init__(self, records_or_path, image_folder, tokenizer, *, stage: str, image_size: int,
-                 image_mean, aspect: str = "pad", max_length: int, num_visual: int,
+                 image_mean, aspect: str | None = None, max_length: int, num_visual: int,
                  strict: bool = False, plain_style: str = "release"):
         if stage not in ("align", "finetune"):
             raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
         if not 0 < num_visual < max_length:
             raise ValueError(f"need 0 < num_visual < max_length, got {num_visual} and {max_length}")
-        if aspect not in ("pad", "resize") or plain_style not in PLAIN_STYLES:
-            raise ValueError(f"aspect must be pad|resize and plain_style one of {PLAIN_STYLES}")
+        aspect = aspect or release_image_aspect(stage)  # None: the release's (crop in stage 1)
+        if aspect not in IMAGE_ASPECTS or plain_style not in PLAIN_STYLES:
+            raise ValueError(f"aspect must be one of {IMAGE_ASPECTS} and plain_style one of {PLAIN_STYLES}")
         if isinstance(records_or_path, (str, Path)):
             records_or_path = read_llava_json(records_or_path)
         self.records = records_or_path

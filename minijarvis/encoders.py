@@ -1,7 +1,9 @@
 """Frozen timm vision encoders: context encoder F_ctx and target encoder F_tgt.
 
-F_ctx (DESIGN.md §1): output of the penultimate block, no final norm, prefix tokens (CLS,
-registers) dropped. F_tgt (§2.1): last layer with its final norm, prefix tokens dropped, run at
+F_ctx (DESIGN.md §1): the block and norm the release reads for its family
+(``ModelConfig.context_features``): CLIP -> the penultimate block, no final norm, CLS dropped
+(LLaVA); SigLIP / SigLIP2 -> the last block through the final norm (``last_hidden_state``; no
+prefix token). F_tgt (§2.1): last layer with its final norm, prefix tokens dropped, run at
 F_ctx's resolution and resized bilinearly to F_ctx's grid if the grids differ. Both take the
 same image in [0,1] and normalise it with their own mean/std; both are frozen (no grad, eval).
 Weights: random (offline default), timm hub (``pretrained=True``), or a local file
@@ -19,44 +21,43 @@ from torch import nn
 
 from .config import ModelConfig
 
-FEATURES = ("penultimate", "last")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
 class VisionEncoder(nn.Module):
     """A frozen timm ViT-style encoder that returns patch tokens [B, H*W, D] in raster order.
 
-    ``features="penultimate"``: output of block[-2], no final norm (LLaVA / F_ctx).
-    ``features="last"``: final-normed output of the last block, no head or pooling (F_tgt).
-    ``out_grid``: resize the token map bilinearly to this (H, W) if it differs from the
+    ``layer``: the block whose output is returned (negative = from the end: -2 = penultimate,
+    LLaVA's F_ctx; -1 = last); ``norm``: pass it through the final norm first (F_tgt, SigLIP's
+    F_ctx). Never the head or pooling. ``out_grid``: resize the token map bilinearly to this (H, W) if it differs from the
     encoder's own grid. Extra ``timm_kwargs`` go to ``timm.create_model`` (e.g. depth).
 
     Attributes: ``image_size`` (square input side), ``grid`` (H, W) of the returned tokens,
     ``native_grid`` (own grid at ``image_size``), ``mean``/``std`` (timm data config), ``dim``
-    (D), ``num_prefix_tokens``, ``name``, ``features``.
+    (D), ``num_prefix_tokens``, ``name``, ``layer`` (as given), ``final_norm``.
     """
 
     def __init__(self, name: str, pretrained: bool = False, weights: str = "",
-                 img_size: int | None = None, *, features: str = "penultimate",
+                 img_size: int | None = None, *, layer: int = -2, norm: bool = False,
                  out_grid: tuple[int, int] | None = None, **timm_kwargs):
         super().__init__()
-        if features not in FEATURES:
-            raise ValueError(f"features must be one of {', '.join(FEATURES)}; got {features!r}")
         if img_size is not None:
             timm_kwargs["img_size"] = img_size
         self.model = _create_model(name, pretrained, weights, timm_kwargs)
         if not (hasattr(self.model, "patch_embed") and hasattr(self.model, "forward_intermediates")):
             raise ValueError(f"{name}: only ViT-style timm encoders (patch_embed + "
                              "forward_intermediates) are supported")
-        if features == "penultimate" and len(self.model.blocks) < 2:
-            raise ValueError(f"{name}: penultimate-block features need depth >= 2")
+        depth = len(self.model.blocks)
+        if not -depth <= layer < depth:
+            raise ValueError(f"{name}: layer {layer} is not a block index of this {depth}-block "
+                             f"encoder (allowed {-depth}..{depth - 1}; -2 = penultimate, -1 = last)")
         self.model.requires_grad_(False)
         self.model.eval()
         height, width = self.model.patch_embed.img_size  # an img_size override shows here only
         if height != width:
             raise ValueError(f"{name}: only square inputs are supported, got {height}x{width}")
         data_cfg = timm.data.resolve_model_data_config(self.model)
-        self.name, self.features, self.image_size = name, features, int(height)
+        self.name, self.layer, self.final_norm, self.image_size = name, layer, norm, int(height)
         self.mean = tuple(float(v) for v in data_cfg["mean"])
         self.std = tuple(float(v) for v in data_cfg["std"])
         self.dim = int(self.model.num_features)
@@ -84,14 +85,11 @@ class VisionEncoder(nn.Module):
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         x = ((images.float() - mean) / std).to(next(self.model.parameters()).dtype)
-        if self.features == "penultimate":
-            # timm drops the prefix tokens here (return_prefix_tokens=False); stop_early skips
-            # the last block, whose output is never used.
-            (tokens,) = self.model.forward_intermediates(
-                x, indices=[-2], norm=False, output_fmt="NLC", intermediates_only=True,
-                stop_early=True)
-        else:
-            tokens = self.model.forward_features(x)[:, self.num_prefix_tokens:]
+        # timm drops the prefix tokens here (return_prefix_tokens=False); stop_early skips the
+        # blocks after ``layer``, whose outputs are never used; norm=True applies the final norm.
+        (tokens,) = self.model.forward_intermediates(
+            x, indices=[self.layer], norm=self.final_norm, output_fmt="NLC",
+            intermediates_only=True, stop_early=True)
         if self.grid != self.native_grid:
             tokens = resize_token_grid(tokens, self.native_grid, self.grid)
         return tokens.to(out_dtype)
@@ -109,9 +107,11 @@ def resize_token_grid(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int
 
 
 def build_context_encoder(cfg: ModelConfig) -> VisionEncoder:
-    """F_ctx from ``cfg.ctx_*``: penultimate block, no final norm, prefix tokens dropped."""
-    return VisionEncoder(cfg.ctx_encoder, cfg.ctx_pretrained, cfg.ctx_weights,
-                         features="penultimate", **cfg.ctx_kwargs)
+    """F_ctx from ``cfg.ctx_*``: the block and norm of ``cfg.context_features()`` (CLIP: the
+    penultimate block, no norm; SigLIP: the last block, final-normed), prefix tokens dropped."""
+    layer, norm = cfg.context_features()
+    return VisionEncoder(cfg.ctx_encoder, cfg.ctx_pretrained, cfg.ctx_weights, layer=layer,
+                         norm=norm, **cfg.ctx_kwargs)
 
 
 def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int]) -> VisionEncoder:
@@ -124,7 +124,7 @@ def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int
                          f"{image_size}: the target encoder always runs at the context resolution; "
                          "drop img_size from tgt_kwargs")
     return VisionEncoder(cfg.tgt_encoder, cfg.tgt_pretrained, cfg.tgt_weights, img_size=image_size,
-                         features="last", out_grid=grid, **kwargs)
+                         layer=-1, norm=True, out_grid=grid, **kwargs)
 
 
 class _MissingKeys(logging.Handler):

@@ -15,6 +15,8 @@ Inference, checkpoints and the LLM factory live in ``inference.py`` and ``checkp
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -89,6 +91,9 @@ class JarvisModel(nn.Module):
         cfg.validate()
         if stage not in ("align", "finetune"):
             raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
+        # config.json records the block F_ctx reads, not "the family default" (None)
+        layer, norm = cfg.context_features()
+        cfg = dataclasses.replace(cfg, ctx_layer=layer, ctx_norm=norm)
         self.cfg, self.mask_cfg, self.stage = cfg, mask_cfg or MaskConfig(), stage
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -96,6 +101,7 @@ class JarvisModel(nn.Module):
         self.context_encoder = build_context_encoder(cfg)
         self.image_size = self.context_encoder.image_size
         self.image_mean = self.context_encoder.mean
+        self.image_aspect = cfg.resolved_image_aspect(stage)  # how data.load_image fits images
         self.grid = tuple(self.context_encoder.grid)
         self.num_visual = self.grid[0] * self.grid[1]
         d_llm = self.llm.config.get_text_config().hidden_size

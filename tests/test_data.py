@@ -9,8 +9,8 @@ from PIL import Image
 
 from minijarvis.data import (IGNORE_INDEX, BadRecord, LlavaDataset, Skip, collate, encode_caption,
                              encode_conversation, encode_prompt, expand2square, format_skips,
-                             load_image, make_collate, read_llava_json, stop_token_ids,
-                             truncate_spliced)
+                             load_image, make_collate, read_llava_json, shortest_edge_size,
+                             stop_token_ids, truncate_spliced)
 from minijarvis.tokenizer import build_tokenizer
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's; pad colour int(m * 255) = (122, 116, 104)
@@ -163,6 +163,68 @@ def test_resize_aspect_has_no_padding():
     assert torch.allclose(img, RED[:, None, None].expand(3, 16, 16), atol=1 / 255)
 
 
+# Tall, wide, square, odd and very thin sizes; 21 and 16 px inputs (odd and even crop offsets).
+CROP_CASES = [((40, 20), 16), ((17, 53), 16), ((33, 33), 16), ((101, 7), 21), ((5, 9), 21),
+              ((640, 480), 21), ((500, 375), 16), ((16, 16), 16)]
+
+
+def _processor_steps(img: Image.Image, size: int) -> np.ndarray:
+    """CLIPImageProcessor's documented steps, written out: short side -> size (long side
+    int(size * long / short)), PIL bicubic on uint8, centre crop at ((h - size) // 2,
+    (w - size) // 2), rescale by 1/255 in float64, cast to float32. [3, size, size]."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    a = np.asarray(img.resize((new_w, new_h), resample=Image.Resampling.BICUBIC))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    a = a[top:top + size, left:left + size]
+    return (a.astype(np.float64) * (1 / 255)).astype(np.float32).transpose(2, 0, 1)
+
+
+def _random_image(w, h, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("wh, size", CROP_CASES)
+def test_crop_equals_the_clip_processor_steps(wh, size):
+    img = _random_image(*wh)
+    got = load_image(img, size, MEAN, aspect="crop")
+    want = torch.from_numpy(_processor_steps(img, size))
+    assert got.shape == (3, size, size) and got.dtype == torch.float32
+    assert (got - want).abs().max() <= 1e-6, f"{wh} -> {size}: crop differs from the processor's steps"
+
+
+@pytest.mark.parametrize("wh, size", CROP_CASES)
+def test_crop_equals_transformers_pil_clip_processor(wh, size):
+    # The release's transformers 4.x CLIPImageProcessor ran on PIL; in 5.x that backend is
+    # CLIPImageProcessorPil (the default CLIPImageProcessor is torchvision's, a few levels off).
+    transformers = pytest.importorskip("transformers")
+    cls = getattr(transformers, "CLIPImageProcessorPil", None)
+    if cls is None:
+        pytest.skip("transformers without the PIL CLIP processor")
+    processor = cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                    do_normalize=False)  # normalisation is each encoder's job
+    img = _random_image(*wh, seed=1)
+    want = torch.from_numpy(processor(img, return_tensors="np")["pixel_values"][0])
+    assert torch.equal(load_image(img, size, MEAN, aspect="crop"), want), f"{wh} -> {size}"
+
+
+def test_shortest_edge_size_truncates_the_long_side():
+    assert shortest_edge_size(17, 53, 16) == (16, 49), "16 * 53 / 17 = 49.88 truncates to 49"
+    assert shortest_edge_size(53, 17, 16) == (49, 16)
+    assert shortest_edge_size(500, 375, 336) == (448, 336) and shortest_edge_size(9, 9, 4) == (4, 4)
+
+
+def test_crop_keeps_the_centre_and_drops_the_sides():
+    img = Image.new("RGB", (60, 20), (255, 0, 0))
+    img.paste((0, 255, 0), (20, 0, 40, 20))  # a green centre between red sides
+    out = load_image(img, 20, MEAN, aspect="crop")  # no resampling: 20 is the short side
+    assert torch.equal(out, torch.tensor([0.0, 1.0, 0.0])[:, None, None].expand(3, 20, 20)), \
+        "a 60x20 image cropped to 20x20 must be exactly its green centre"
+
+
 @pytest.mark.parametrize("name, content", [("gray.png", 200 / 255), ("clear.png", None),
                                            ("palette.png", RED)])
 def test_odd_modes_convert_and_pad_with_mean(folder, name, content):
@@ -196,6 +258,15 @@ def test_align_item_has_image_and_caption_labels(folder, tok):
     assert item["id"] == "c1" and item["image"].shape == (3, 16, 16)
     assert item["input_ids"].dtype == torch.long and item["labels"][0] == IGNORE_INDEX
     assert tok.decode(item["input_ids"][1:]) == "A red cube."
+
+
+@pytest.mark.parametrize("stage, aspect, want", [("align", None, "crop"), ("finetune", None, "pad"),
+                                                  ("align", "pad", "pad"), ("finetune", "crop", "crop")])
+def test_dataset_fits_images_as_the_release_per_stage_unless_told(folder, tok, stage, aspect, want):
+    ds = make_ds([caption_record("c1")], folder, tok, stage=stage, aspect=aspect)
+    assert ds.aspect == want, f"stage {stage}, aspect {aspect}: expected {want}"
+    expected = load_image(folder / "red.png", 16, MEAN, aspect=want)
+    assert torch.equal(ds[0]["image"], expected), f"the {stage} item must be the {want} image"
 
 
 def test_text_only_row_has_no_image(folder, tok):

@@ -55,14 +55,75 @@ def test_context_features_are_penultimate_block_output_without_norm(preset_name)
     assert not torch.allclose(out, normed, atol=1e-3), "context features must not be final-normed"
 
 
+@pytest.mark.parametrize("layer, norm", [(-2, False), (-1, True), (0, False), (-1, False), (0, True)])
+def test_any_block_with_or_without_norm_is_that_blocks_output(layer, norm):
+    name, kwargs = ENCODERS["tiny-clip"]
+    torch.manual_seed(0)
+    enc = VisionEncoder(name, layer=layer, norm=norm, **kwargs)
+    seen = []
+    handle = _capture(enc.model.blocks[layer], seen)
+    out = enc(_images())
+    handle.remove()
+    expected = enc.model.norm(seen[0]) if norm else seen[0]
+    assert torch.allclose(out, expected[:, 1:], atol=1e-6), \
+        f"layer {layer}, norm {norm}: must be {'norm(' if norm else '('}block[{layer}])[:, CLS dropped]"
+
+
 @pytest.mark.parametrize("preset_name, prefix", [("tiny-clip", 1), ("tiny-dinov2", 5)])
 def test_prefix_tokens_are_dropped_for_cls_and_registers(preset_name, prefix):
     name, kwargs = ENCODERS[preset_name]
-    for features in ("penultimate", "last"):
-        enc = VisionEncoder(name, features=features, **kwargs)
+    for layer, norm in ((-2, False), (-1, True)):
+        enc = VisionEncoder(name, layer=layer, norm=norm, **kwargs)
         out = enc(_images())
         assert enc.num_prefix_tokens == prefix, "num_prefix_tokens must count CLS + registers"
-        assert out.shape == (2, 12 * 12, 64), f"{features}: tokens must be exactly the H*W patches"
+        assert out.shape == (2, 12 * 12, 64), f"layer {layer}: tokens must be exactly the H*W patches"
+
+
+# SigLIP2-So400M/14 with two narrow blocks: the real patch, resolution and grid, no prefix token.
+_SIGLIP2 = ModelConfig(ctx_encoder=ENCODERS["siglip2-so400m-384"][0], ctx_kwargs=dict(_SMALL))
+
+
+def test_siglip_context_features_are_the_final_normed_last_block():
+    torch.manual_seed(0)
+    ctx = build_context_encoder(_SIGLIP2)
+    assert (ctx.layer, ctx.final_norm, ctx.num_prefix_tokens) == (-1, True, 0), \
+        "the release reads SigLIP's last_hidden_state: last block, final norm, nothing to drop"
+    images = _images(batch=1, size=378)
+    x = (images - torch.tensor(ctx.mean).view(1, 3, 1, 1)) / torch.tensor(ctx.std).view(1, 3, 1, 1)
+    expected = ctx.model.forward_features(x)  # timm: norm(blocks(x)), before the attention pool
+    assert torch.allclose(ctx(images), expected, atol=1e-6), "SigLIP F_ctx must equal forward_features"
+    seen = []
+    handle = _capture(ctx.model.blocks[-2], seen)
+    ctx(images)
+    handle.remove()
+    assert not torch.allclose(ctx(images), seen[0], atol=1e-3), "SigLIP F_ctx is not the penultimate block"
+
+
+def test_clip_context_features_are_the_penultimate_block_without_norm():
+    torch.manual_seed(0)
+    ctx = build_context_encoder(_tiny_cfg())
+    assert (ctx.layer, ctx.final_norm) == (-2, False), "CLIP F_ctx: LLaVA's penultimate block, no norm"
+    seen = []
+    handle = _capture(ctx.model.blocks[-2], seen)
+    out = ctx(_images())
+    handle.remove()
+    assert torch.equal(out, seen[0][:, 1:]), "CLIP F_ctx must equal block[-2]'s output, CLS dropped"
+
+
+@pytest.mark.parametrize("name, want", [
+    ("vit_so400m_patch14_siglip_378.v2_webli", (-1, True)), ("vit_base_patch16_siglip_224", (-1, True)),
+    ("vit_large_patch14_clip_336.openai", (-2, False)), ("vit_base_patch16_clip_224", (-2, False)),
+    ("vit_large_patch14_dinov2.lvd142m", (-2, False))])
+def test_context_features_default_per_family_as_the_release(name, want):
+    assert ModelConfig(ctx_encoder=name).context_features() == want
+
+
+def test_set_context_layer_and_norm_win_over_the_family_default():
+    assert ModelConfig(ctx_encoder="vit_base_patch16_siglip_224", ctx_layer=-2,
+                       ctx_norm=False).context_features() == (-2, False)
+    assert ModelConfig(ctx_layer=3, ctx_norm=True).context_features() == (3, True)
+    ctx = build_context_encoder(_tiny_cfg(ctx_layer=0, ctx_norm=True))
+    assert (ctx.layer, ctx.final_norm) == (0, True), "the config's layer and norm reach the encoder"
 
 
 def test_target_features_are_final_norm_of_last_block():
@@ -190,10 +251,11 @@ def test_target_img_size_conflicting_with_context_resolution_raises():
         build_target_encoder(cfg, 192, (12, 12))
 
 
-def test_unknown_features_kind_raises():
-    name, kwargs = ENCODERS["tiny-clip"]
-    with pytest.raises(ValueError, match="penultimate"):
-        VisionEncoder(name, features="middle", **kwargs)
+@pytest.mark.parametrize("layer", [2, -3])
+def test_layer_outside_the_blocks_raises(layer):
+    name, kwargs = ENCODERS["tiny-clip"]  # two blocks: indices -2..1
+    with pytest.raises(ValueError, match=r"not a block index .*allowed -2\.\.1"):
+        VisionEncoder(name, layer=layer, **kwargs)
 
 
 def test_tiny_presets_attributes():
@@ -204,11 +266,12 @@ def test_tiny_presets_attributes():
     assert ctx.name == ENCODERS["tiny-clip"][0] and tgt.name == ENCODERS["tiny-dinov2"][0]
 
 
-@pytest.mark.parametrize("ctx_key, size, ctx_dim, tgt_native", [
-    ("clip-l-336", 336, 1024, (24, 24)),  # the paper's default pair: DINOv2 at 336 -> 24x24
-    ("siglip2-so400m-384", 384, 1152, (27, 27)),  # DINOv2 at 384 -> 27x27, resized to 24x24
+@pytest.mark.parametrize("ctx_key, size, grid, ctx_dim, features", [
+    ("clip-l-336", 336, 24, 1024, (-2, False)),  # the paper's default: 24x24, DINOv2 at 336 alike
+    # The paper's SigLIP2-So400M/14 @384: 27x27 = 729 tokens; timm's 378 px (27 * 14) holds it.
+    ("siglip2-so400m-384", 378, 27, 1152, (-1, True)),
 ])
-def test_paper_encoders_build_offline_with_their_grids(ctx_key, size, ctx_dim, tgt_native):
+def test_paper_encoders_build_offline_with_their_grids(ctx_key, size, grid, ctx_dim, features):
     # Meta device: the full architectures with no weights and no compute (a real CPU build of
     # one ViT-L takes ~10 s); shapes and grids follow the same code path.
     cfg = ModelConfig(ctx_encoder=ENCODERS[ctx_key][0], tgt_encoder=ENCODERS["dinov2-l"][0])
@@ -217,6 +280,9 @@ def test_paper_encoders_build_offline_with_their_grids(ctx_key, size, ctx_dim, t
         tgt = build_target_encoder(cfg, ctx.image_size, ctx.grid)
         images = torch.rand(1, 3, size, size)
         ctx_out, tgt_out = ctx(images), tgt(images)
-    assert (ctx.image_size, ctx.grid) == (size, (24, 24)), f"{ctx_key} must give a 24x24 grid"
-    assert (tgt.image_size, tgt.native_grid, tgt.grid) == (size, tgt_native, (24, 24))
-    assert ctx_out.shape == (1, 576, ctx_dim) and tgt_out.shape == (1, 576, 1024)
+    assert (ctx.image_size, ctx.grid) == (size, (grid, grid)), f"{ctx_key} must give a {grid}x{grid} grid"
+    assert (ctx.layer, ctx.final_norm) == features, f"{ctx_key}: the release's context layer and norm"
+    assert (tgt.image_size, tgt.native_grid, tgt.grid) == (size, (grid, grid), (grid, grid)), \
+        "DINOv2/14 at the context resolution lands on the same grid: no resize"
+    assert ctx_out.shape == (1, grid * grid, ctx_dim) and tgt_out.shape == (1, grid * grid, 1024)
+    assert len(ctx.model.blocks) == (24 if ctx_key == "clip-l-336" else 27), "full depth"

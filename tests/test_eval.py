@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -95,7 +94,7 @@ class FakeModel:
     """Stands in for JarvisModel: replies[k] (generate) or scores[k] (likelihood) for the image of
     grey level 10 * k. Records the option strings it was asked to score."""
 
-    image_size, image_mean, cfg = 24, (0.5, 0.5, 0.5), SimpleNamespace(image_aspect="pad")
+    image_size, image_mean, image_aspect = 24, (0.5, 0.5, 0.5), "pad"
 
     def __init__(self, replies=None, scores=None):
         self.replies, self.scores, self.scored = replies or {}, scores or {}, []
@@ -190,6 +189,18 @@ def test_mmvp_pair_accuracy_needs_both_questions_of_a_pair(monkeypatch, tmp_path
     assert metric(res, "pairs", "chance") == 0.25, "pair chance = 0.5 * 0.5"
     assert metric(res, "all", "accuracy") == 0.75 and metric(res, "headline", "name") == "pair accuracy"
     assert "generate" in res["method"]
+
+
+def test_images_are_fitted_as_the_checkpoints_stage_was_trained(monkeypatch, tmp_path, tiny_checkpoint):
+    assert JarvisModel.from_checkpoint(tiny_checkpoint).image_aspect == "crop", "a stage-1 model crops"
+    write_mmvp(tmp_path / "mmvp")
+    model, seen = FakeModel(replies={1: "A"}), []
+    model.image_aspect = "crop"
+    real = evalpy.load_image
+    monkeypatch.setattr(evalpy, "load_image", lambda *a, **kw: seen.append(a[3]) or real(*a, **kw))
+    run_main(monkeypatch, tmp_path, model, ["--bench", "mmvp", "--bench-dir", str(tmp_path / "mmvp"),
+                                            "--answer-mode", "generate"])
+    assert seen and set(seen) == {"crop"}, f"eval must load images as the model's stage did, got {set(seen)}"
 
 
 def test_unparseable_answers_count_as_wrong_and_are_counted(monkeypatch, tmp_path):

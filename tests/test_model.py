@@ -175,6 +175,20 @@ def test_checkpoint_round_trip_and_stage2_drops_jarvis_parts(tokenizer, tmp_path
     assert JarvisModel.from_checkpoint(tmp_path / "s2").stage == "finetune"
 
 
+def test_image_aspect_follows_the_stage_and_the_context_layer_is_recorded(tokenizer, tmp_path):
+    model = build(tokenizer=tokenizer)
+    assert model.image_aspect == "crop" and model.cfg.image_aspect is None, "stage 1: the release crops"
+    assert (model.cfg.ctx_layer, model.cfg.ctx_norm) == (-2, False), "config.json names F_ctx's block"
+    model.save_checkpoint(tmp_path / "s1")
+    assert JarvisModel.from_checkpoint(tmp_path / "s1").image_aspect == "crop"
+    assert JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune").image_aspect == "pad", \
+        "a stage-1 checkpoint started in stage 2 pads, as the release's stage 2"
+    set_by_user = build(tokenizer=tokenizer, image_aspect="resize")
+    set_by_user.save_checkpoint(tmp_path / "r1")
+    assert JarvisModel.from_checkpoint(tmp_path / "r1", stage="finetune").image_aspect == "resize", \
+        "an aspect set in stage 1 is kept"
+
+
 def test_pretrained_llm_from_a_local_directory(tokenizer, tmp_path):
     source = build(tokenizer=tokenizer)
     source.llm.save_pretrained(tmp_path / "llm")

@@ -180,3 +180,25 @@ def test_method_flags_reach_the_model_config():
     assert "skip_dropped" not in _model_overrides(parse_args([])), "the default stays the config's"
     got = _model_overrides(parse_args(["--keep-dropped-slots", "--pos-embed", "--bidirectional-visual", "off"]))
     assert (got["skip_dropped"], got["pos_embed"], got["bidirectional_visual"]) == (False, True, False)
+
+
+def test_image_and_context_flags_reach_the_model_config():
+    from minijarvis.cli import new_model_config, parse_args
+    cfg, _ = new_model_config(parse_args([]))
+    assert (cfg.image_aspect, cfg.ctx_layer, cfg.ctx_norm) == (None, None, None), \
+        "unset flags leave the release's defaults (per stage, per encoder family)"
+    assert (cfg.resolved_image_aspect("align"), cfg.resolved_image_aspect("finetune")) == ("crop", "pad")
+    cfg, _ = new_model_config(parse_args(["--image-aspect", "pad", "--context-layer", "last",
+                                          "--context-norm", "on"]))
+    assert (cfg.resolved_image_aspect("align"), cfg.context_features()) == ("pad", (-1, True))
+    assert new_model_config(parse_args(["--context-layer", "-3"]))[0].ctx_layer == -3
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--context-layer", "middle"], "--context-layer"), (["--image-aspect", "fit"], "--image-aspect"),
+    (["--stage", "finetune", "--init", "x", "--context-layer", "last"], "--context-layer")])
+def test_bad_image_and_context_flags_exit_2_naming_the_flag(argv, words, capsys):
+    from minijarvis.cli import parse_args
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
