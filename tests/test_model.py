@@ -189,6 +189,21 @@ def test_image_aspect_follows_the_stage_and_the_context_layer_is_recorded(tokeni
         "an aspect set in stage 1 is kept"
 
 
+def test_both_encoders_see_the_same_pixels_each_with_its_own_normalisation(tokenizer):
+    model = build(tokenizer=tokenizer)
+    batch, seen = make_batch(model), {}
+    hooks = [enc.model.patch_embed.register_forward_pre_hook(
+        lambda m, args, key=key: seen.setdefault(key, args[0]))
+        for key, enc in (("ctx", model.context_encoder), ("tgt", model.target_encoder))]
+    model(batch, torch.Generator().manual_seed(0))
+    for hook in hooks:
+        hook.remove()
+    for key, enc in (("ctx", model.context_encoder), ("tgt", model.target_encoder)):
+        pixels = seen[key] * torch.tensor(enc.std).view(1, 3, 1, 1) + torch.tensor(enc.mean).view(1, 3, 1, 1)
+        assert torch.allclose(pixels, batch["images"], atol=1e-5), f"{key} must see the batch's pixels"
+    assert not torch.allclose(seen["ctx"], seen["tgt"]), "CLIP and DINOv2 normalise differently"
+
+
 def test_pretrained_llm_from_a_local_directory(tokenizer, tmp_path):
     source = build(tokenizer=tokenizer)
     source.llm.save_pretrained(tmp_path / "llm")
