@@ -29,8 +29,9 @@ class VisionEncoder(nn.Module):
 
     ``layer``: the block whose output is returned (negative = from the end: -2 = penultimate,
     LLaVA's F_ctx; -1 = last); ``norm``: pass it through the final norm first (F_tgt, SigLIP's
-    F_ctx). Never the head or pooling. ``out_grid``: resize the token map bilinearly to this (H, W) if it differs from the
-    encoder's own grid. Extra ``timm_kwargs`` go to ``timm.create_model`` (e.g. depth).
+    F_ctx). Never the head or pooling. ``out_grid``: resize the token map bilinearly to this
+    (H, W) if it differs from the encoder's own grid. Extra ``timm_kwargs`` go to
+    ``timm.create_model`` (e.g. depth).
 
     Attributes: ``image_size`` (square input side), ``grid`` (H, W) of the returned tokens,
     ``native_grid`` (own grid at ``image_size``), ``mean``/``std`` (timm data config), ``dim``
