@@ -211,6 +211,15 @@ def test_crop_equals_transformers_pil_clip_processor(wh, size):
     assert torch.equal(load_image(img, size, MEAN, aspect="crop"), want), f"{wh} -> {size}"
 
 
+@pytest.mark.parametrize("wh, size", CROP_CASES[:4])
+def test_pad_equals_llava_expand2square_then_the_processor(wh, size):
+    # LLaVA's stage 2: expand2square(img, tuple(int(m * 255) for m in mean)), then the processor.
+    img = _random_image(*wh, seed=2)
+    square = expand2square(img, tuple(int(m * 255) for m in MEAN))
+    want = torch.from_numpy(_processor_steps(square, size))
+    assert torch.equal(load_image(img, size, MEAN, aspect="pad"), want), f"{wh} -> {size}"
+
+
 def test_shortest_edge_size_truncates_the_long_side():
     assert shortest_edge_size(17, 53, 16) == (16, 49), "16 * 53 / 17 = 49.88 truncates to 49"
     assert shortest_edge_size(53, 17, 16) == (49, 16)
