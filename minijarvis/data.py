@@ -4,7 +4,9 @@
   caption only (:func:`encode_caption`).
 * Stage 2 (``finetune``, LLaVA-665k): the tokenizer's chat template, labels on assistant turns
   only (:func:`encode_conversation`). Ids and labels are built together, segment by segment
-  (as nanochat does), so LLaVA's "tokenization mismatch" cannot happen.
+  (as nanochat does), so LLaVA's "tokenization mismatch" cannot happen; the segments are
+  tokenized as one string (:func:`encode_segments`), so the seams get the ids the whole
+  text gets (SentencePiece word-start markers, spaces).
 
 The text ``"<image>"`` is one token id; the model later expands it into H*W visual slots, so
 lengths that matter (``max_length``) are *spliced* lengths: text tokens - 1 + H*W.
@@ -65,23 +67,53 @@ def _tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_segments(tokenizer, segments: list[str]) -> tuple[list[int], list[int]]:
+    """Texts -> (ids of their concatenation, tokenized as ONE string; the segment of each id).
+
+    Tokenizing each segment on its own would change the ids at the seams: a SentencePiece
+    tokenizer that adds its word-start marker only at the start of the text (Llama-2 /
+    Vicuna: Metaspace ``prepend_scheme="first"``) gives the first word after ``"<image>"``
+    without the marker in context and with it alone, and whitespace at a seam merges with the
+    next word. So the whole text is tokenized once and every id is assigned to the segment
+    that holds the last character of its span (a leading space or marker belongs to the word
+    it starts; an empty span counts at its start). Needs a fast tokenizer (offsets).
+    """
+    text = "".join(segments)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} gives no character offsets; "
+                         "load a fast (tokenizers-backed) tokenizer") from None
+    ends = np.cumsum([len(s) for s in segments])
+    last = [end - 1 if end > start else start for start, end in enc["offset_mapping"]]
+    which = np.searchsorted(ends, last, side="right").clip(max=len(segments) - 1)
+    return list(enc["input_ids"]), which.tolist()
+
+
 def encode_caption(tokenizer, caption: str, plain_style: str = "release") -> tuple[list[int], list[int]]:
     """Stage-1 plain template -> (ids, labels), labels = ids on the caption, -100 elsewhere.
 
-    ``"release"`` (JARVIS, default): ``[<image>] + caption`` (no BOS, no EOS, no newline).
-    ``"llava"`` (LLaVA's ``preprocess_plain``, separator "\\n"): ``[BOS, <image>] + caption + "\\n"``,
-    the newline labelled (it plays the EOS role); BOS omitted if the tokenizer has none.
+    ``"release"`` (JARVIS, default): ``"<image>" + caption`` tokenized as one string, the
+    caption's ids labelled (no BOS, no EOS, no newline). With a Llama-2-style SentencePiece
+    tokenizer the first caption word then has no word-start marker, as in the release.
+    ``"llava"`` (LLaVA's ``preprocess_plain``, separator "\\n"): ``[BOS, <image>] + ids of
+    caption + "\\n"``, the newline labelled (it plays the EOS role); BOS omitted if the
+    tokenizer has none. LLaVA's ``tokenizer_image_token`` tokenizes the text after
+    ``"<image>"`` on its own, so here the caption is tokenized alone (with the marker).
     """
     if plain_style not in PLAIN_STYLES:
         raise ValueError(f"plain_style must be one of {PLAIN_STYLES}, got {plain_style!r}")
     if not caption.strip():
         raise ValueError("empty caption")
-    prefix = [image_token_id(tokenizer)]
+    image = image_token_id(tokenizer)
     if plain_style == "llava":
-        prefix = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + prefix
-        caption = caption + "\n"
-    text = _tokens(tokenizer, caption)
-    return prefix + text, [IGNORE_INDEX] * len(prefix) + text
+        prefix = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + [image]
+        text = _tokens(tokenizer, caption + "\n")
+        return prefix + text, [IGNORE_INDEX] * len(prefix) + text
+    ids, which = encode_segments(tokenizer, [IMAGE_TOKEN, caption])
+    if ids.count(image) != 1 or which[0] != 0 or 0 in which[1:]:
+        raise ValueError(f"the caption merged with {IMAGE_TOKEN!r} or holds one itself")
+    return ids, [IGNORE_INDEX if w == 0 else t for t, w in zip(ids, which)]
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -105,10 +137,12 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
     its end-of-turn marker (the last special token of the turn), -100 elsewhere.
 
     ``conversations``: LLaVA turns ``{"from": "human"|"gpt", "value": str}``, starting with a
-    human turn. Each message's segment is the render of messages[:i+1] minus the render of
-    messages[:i], tokenized alone with ``add_special_tokens=False``; an assistant segment is
-    split at the generation-prompt header (unlabelled). Text the template appends after the
-    end marker (e.g. "\\n") is not labelled: the model stops at the marker.
+    human turn. The segments are the render of messages[:i+1] minus the render of
+    messages[:i], an assistant one split at the generation-prompt header (unlabelled); ids =
+    the whole render tokenized as one string (:func:`encode_segments`), so they equal
+    ``apply_chat_template(tokenize=True)`` and what :func:`encode_prompt` gives at inference.
+    Text the template appends after the end marker (e.g. "\\n") is not labelled: the model
+    stops at the marker.
     """
     if not conversations or conversations[0].get("from") != "human":
         raise ValueError("a conversation must be a non-empty list starting with a human turn")
@@ -118,24 +152,25 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
         raise ValueError('every turn needs "from" in human|gpt and a string "value"')
     messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in conversations]
     special = set(tokenizer.all_special_ids) - {image_token_id(tokenizer)}
-    ids, labels, prev = [], [], ""
+    segments, bodies, prev = [], set(), ""
     for i, message in enumerate(messages):
         full = _render(tokenizer, messages[: i + 1])
-        if message["role"] != "assistant":
-            seg = _tokens(tokenizer, _suffix(tokenizer, prev, full, i))
-            ids += seg
-            labels += [IGNORE_INDEX] * len(seg)
-        else:
+        if message["role"] == "assistant":
             if not message["content"].strip():
                 raise ValueError(f"empty assistant text in turn {i}")
             header = _render(tokenizer, messages[:i], generation_prompt=True)
-            head = _tokens(tokenizer, _suffix(tokenizer, prev, header, i))
-            body = _tokens(tokenizer, _suffix(tokenizer, header, full, i))
-            ends = [k for k, t in enumerate(body) if t in special]
-            n = ends[-1] + 1 if ends else len(body)
-            ids += head + body
-            labels += [IGNORE_INDEX] * len(head) + body[:n] + [IGNORE_INDEX] * (len(body) - n)
+            segments.append(_suffix(tokenizer, prev, header, i))
+            prev = header
+            bodies.add(len(segments))
+        segments.append(_suffix(tokenizer, prev, full, i))
         prev = full
+    ids, which = encode_segments(tokenizer, segments)
+    labels = [IGNORE_INDEX] * len(ids)
+    for b in bodies:  # content + end marker (the body's last special token)
+        pos = [k for k, w in enumerate(which) if w == b]
+        ends = [k for k in pos if ids[k] in special]
+        for k in pos[: pos.index(ends[-1]) + 1 if ends else len(pos)]:
+            labels[k] = ids[k]
     if all(label == IGNORE_INDEX for label in labels):
         raise ValueError("conversation has no assistant turn")
     n_text = sum(t["value"].count(IMAGE_TOKEN) for t in conversations)
