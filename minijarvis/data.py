@@ -179,14 +179,34 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
     return ids, labels
 
 
+def _question(question: str, has_image: bool) -> str:
+    if has_image and IMAGE_TOKEN not in question:
+        return IMAGE_TOKEN + "\n" + question
+    if not has_image and IMAGE_TOKEN in question:
+        raise ValueError(f"has_image=False but the question contains {IMAGE_TOKEN!r}")
+    return question
+
+
 def encode_prompt(tokenizer, question: str, has_image: bool = True) -> list[int]:
     """Ids of one user message + generation prompt (chat template), for eval-time generation.
     With ``has_image`` the question gets a leading ``"<image>\\n"`` unless it has one already."""
-    if has_image and IMAGE_TOKEN not in question:
-        question = IMAGE_TOKEN + "\n" + question
-    if not has_image and IMAGE_TOKEN in question:
-        raise ValueError(f"has_image=False but the question contains {IMAGE_TOKEN!r}")
+    question = _question(question, has_image)
     return _tokens(tokenizer, _render(tokenizer, [{"role": "user", "content": question}], True))
+
+
+def encode_reply(tokenizer, question: str, answer: str, has_image: bool = True):
+    """(ids, labels) of ``question`` then ``answer`` as an assistant reply, tokenized as in
+    training (:func:`encode_conversation`), cut after the answer's last id; labels on the
+    answer's ids only (not the end marker). For scoring answer options after a prompt."""
+    turns = [{"from": "human", "value": _question(question, has_image)},
+             {"from": "gpt", "value": answer}]
+    ids, labels = encode_conversation(tokenizer, turns)
+    keep = [k for k, label in enumerate(labels) if label != IGNORE_INDEX]
+    if keep and ids[keep[-1]] in tokenizer.all_special_ids:
+        keep = keep[:-1]  # the end-of-turn marker
+    if not keep:
+        raise ValueError(f"answer {answer!r} tokenizes to nothing")
+    return ids[: keep[-1] + 1], labels[: keep[-1] + 1]
 
 
 def stop_token_ids(tokenizer) -> list[int]:

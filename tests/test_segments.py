@@ -5,7 +5,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from minijarvis.data import (IGNORE_INDEX, encode_caption, encode_conversation, encode_prompt,
-                             encode_segments)
+                             encode_reply, encode_segments)
 from minijarvis.tokenizer import IMAGE_TOKEN, build_tokenizer, load_tokenizer
 
 CORPUS = [
@@ -134,3 +134,12 @@ def test_segments_assign_a_leading_space_to_the_word_it_starts(tok):
     assert ids == plain(tok, "USER: hi ASSISTANT: The cube")
     assert which == sorted(which) and set(which) == {0, 1, 2}
     assert tok.decode([t for t, w in zip(ids, which) if w == 2]).strip() == "The cube"
+
+
+def test_scored_option_has_the_ids_training_gave_the_reply(tok):
+    """Option scoring (inference.score_options) sees the answer as training did, end marker cut."""
+    full, full_labels = encode_conversation(tok, CHAT[:2])
+    ids, labels = encode_reply(tok, "What color is the cube?", "The cube is red.")
+    assert ids == full[: len(ids)] and labels == full_labels[: len(ids)]
+    assert ids[: len(encode_prompt(tok, "What color is the cube?"))] == encode_prompt(tok, "What color is the cube?")
+    assert tok.decode([t for t in labels if t != IGNORE_INDEX]).strip() == "The cube is red."
