@@ -413,6 +413,12 @@ class LlavaDataset(torch.utils.data.Dataset):
                     raise
                 self.problems.append((e.record_id, e.reason))
 
+    def modality_lengths(self) -> tuple[list[int], list[bool]]:
+        """Per usable record: LLaVA's word-count length estimate and whether it has an image
+        (:func:`minijarvis.sampler.modality_lengths`), for stage 2's grouped batches."""
+        from minijarvis.sampler import modality_lengths
+        return modality_lengths(self.records[i] for i in self.valid)
+
     @property
     def num_invalid(self) -> int:
         return len(self.problems)
