@@ -165,9 +165,11 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
         segments.append(_suffix(tokenizer, prev, full, i))
         prev = full
     ids, which = encode_segments(tokenizer, segments)
-    labels = [IGNORE_INDEX] * len(ids)
+    labels, by_segment = [IGNORE_INDEX] * len(ids), {}
+    for k, w in enumerate(which):
+        by_segment.setdefault(w, []).append(k)
     for b in bodies:  # content + end marker (the body's last special token)
-        pos = [k for k, w in enumerate(which) if w == b]
+        pos = by_segment.get(b, [])
         ends = [k for k in pos if ids[k] in special]
         for k in pos[: pos.index(ends[-1]) + 1 if ends else len(pos)]:
             labels[k] = ids[k]
