@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--image-aspect", choices=("pad", "resize"), default=None, help="LLaVA pads to a square in the encoder's mean colour")
     d.add_argument("--max-length", type=int, default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
     d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
-    d.add_argument("--group-by-modality-length", action=argparse.BooleanOptionalAction, default=None, help="batches of image rows or text-only rows, of similar lengths (LLaVA's sampler; default: on in stage 2, as the release)")
+    d.add_argument("--group-by-modality-length", action=argparse.BooleanOptionalAction, default=None, help="batches of image rows or of text-only rows, length-sorted mega-batches dealt to ranks (LLaVA's sampler; default: on in stage 2, as the release)")
     d.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     o = p.add_argument_group("optimisation (default: LLaVA-1.5's for real presets)")
     o.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (-1: --epochs passes over the data)")

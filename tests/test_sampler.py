@@ -1,4 +1,6 @@
 """Stage-2 data order: LLaVA-1.5's group_by_modality_length, the split over ranks, resume."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -153,7 +155,8 @@ def test_grouped_stage2_run_resumes_with_the_same_losses(tmp_path, monkeypatch):
     assert train.main(["--stage", "align", *fast, "--max-steps", "1", "--output-dir", "s1"]) == 0
     args = ["--stage", "finetune", "--init", "s1", *fast, "--max-steps", "14", "--save-every", "4"]
     assert train.main([*args, "--output-dir", "full"]) == 0  # 12 micro-batches an epoch: crosses one
-    assert json.loads(open("full/config.json").read())["train"]["group_by_modality_length"] is True
+    saved = json.loads(Path("full/config.json").read_text())
+    assert saved["train"]["group_by_modality_length"] is True
 
     def crash(trainer, row):
         if row["step"] == 10:
