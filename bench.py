@@ -90,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 is steadier on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default runs/bench/<preset>-<device>.json)")
+    p.add_argument("--stage2-padding", action="store_true", help="only print the padding stage 2's grouped batches save (synthetic LLaVA-665k rows, batch 16 x 8 ranks)")
     p.add_argument("--cuda-suite", action="store_true", help=f"{' and '.join(SUITE)} on the GPU, bf16, checkpointing")
     args = p.parse_args(argv)
     if args.methods is not None:
@@ -381,6 +382,11 @@ def cuda_suite(args) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.command = " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.stage2_padding:  # no model: the data order alone (minijarvis/padbench.py)
+        from minijarvis.padbench import report, stage2_padding
+        result = stage2_padding(seed=args.seed)
+        print(report(result))
+        return result
     return cuda_suite(args) if args.cuda_suite else run(args)
 
 

@@ -43,6 +43,7 @@ from minijarvis import runtime
 from minijarvis.cli import build_run, parse_args
 from minijarvis.data import format_skips
 from minijarvis.runtime import print0
+from minijarvis.sampler import epoch_batches
 
 
 class Trainer:
@@ -90,16 +91,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _batches(self):
-        """Micro-batches forever from ``self.position`` = (epoch, micro-batch): each epoch a
-        seeded permutation, split evenly over ranks; the position is saved for resuming."""
+        """Micro-batches forever from ``self.position`` = (epoch, micro-batch): each epoch's
+        order from the seed and the epoch alone (grouped by modality and length in stage 2, as
+        the release), split evenly over ranks (``sampler.epoch_batches``); the position is
+        saved for resuming."""
         epoch, start = self.position
+        grouping = self.dataset.modality_lengths() if self.tcfg.group_by_modality_length else None
         while True:
-            g = torch.Generator().manual_seed(self.tcfg.seed + epoch)
-            order = torch.randperm(len(self.dataset), generator=g)
-            mine = order[self.info.rank * self.per_rank:(self.info.rank + 1) * self.per_rank].tolist()
-            bs = self.tcfg.batch_size
-            chunks = [mine[i * bs:(i + 1) * bs] for i in range(start, self.micro_per_epoch)]
-            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=chunks,
+            mine = epoch_batches(len(self.dataset), grouping, batch_size=self.tcfg.batch_size,
+                                 grad_accum=self.tcfg.grad_accum, rank=self.info.rank,
+                                 world_size=self.info.world_size, seed=self.tcfg.seed, epoch=epoch)
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=mine[start:],
                                                  collate_fn=self.collate,
                                                  num_workers=self.tcfg.num_workers)
             for k, batch in enumerate(loader, start=start):

@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--image-aspect", choices=IMAGE_ASPECTS, default=None, help="fit images to the encoder's square: crop = CLIP processor (short side, centre crop), pad = square in the encoder's mean colour, resize = distort (default: the release's, crop in stage 1, pad in stage 2)")
     d.add_argument("--max-length", type=int, default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
     d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
+    d.add_argument("--group-by-modality-length", action=argparse.BooleanOptionalAction, default=None, help="batches of image rows or of text-only rows, length-sorted mega-batches dealt to ranks (LLaVA's sampler; default: on in stage 2, as the release)")
     d.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     o = p.add_argument_group("optimisation (default: LLaVA-1.5's for real presets)")
     o.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (-1: --epochs passes over the data)")
@@ -151,7 +152,9 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
                       max_grad_norm=args.max_grad_norm, seed=args.seed, bf16=args.bf16,
                       gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
                       log_every=args.log_every, num_workers=args.num_workers, strict=args.strict,
-                      plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank)
+                      plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank,
+                      group_by_modality_length=(stage == "finetune" if args.group_by_modality_length is None
+                                                else args.group_by_modality_length))
     cfg.validate()
     return cfg
 

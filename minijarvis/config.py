@@ -153,6 +153,7 @@ class TrainConfig:
     strict: bool = False  # stop on the first bad record instead of skipping and counting it
     plain_style: str = "release"  # stage-1 template: release (no BOS/"\n") or llava (BOS, "\n")
     lambda_per_rank: bool = False  # release: each rank draws the lambda coin on its own
+    group_by_modality_length: bool = False  # release stage 2: batches of one modality, similar lengths (sampler.py)
 
     def validate(self) -> None:
         _choice("stage", self.stage, STAGES)

@@ -4,7 +4,9 @@
   caption only (:func:`encode_caption`).
 * Stage 2 (``finetune``, LLaVA-665k): the tokenizer's chat template, labels on assistant turns
   only (:func:`encode_conversation`). Ids and labels are built together, segment by segment
-  (as nanochat does), so LLaVA's "tokenization mismatch" cannot happen.
+  (as nanochat does), so LLaVA's "tokenization mismatch" cannot happen; the segments are
+  tokenized as one string (:func:`encode_segments`), so the seams get the ids the whole
+  text gets (SentencePiece word-start markers, spaces).
 
 The text ``"<image>"`` is one token id; the model later expands it into H*W visual slots, so
 lengths that matter (``max_length``) are *spliced* lengths: text tokens - 1 + H*W.
@@ -66,23 +68,53 @@ def _tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_segments(tokenizer, segments: list[str]) -> tuple[list[int], list[int]]:
+    """Texts -> (ids of their concatenation, tokenized as ONE string; the segment of each id).
+
+    Tokenizing each segment on its own would change the ids at the seams: a SentencePiece
+    tokenizer that adds its word-start marker only at the start of the text (Llama-2 /
+    Vicuna: Metaspace ``prepend_scheme="first"``) gives the first word after ``"<image>"``
+    without the marker in context and with it alone, and whitespace at a seam merges with the
+    next word. So the whole text is tokenized once and every id is assigned to the segment
+    that holds the last character of its span (a leading space or marker belongs to the word
+    it starts; an empty span counts at its start). Needs a fast tokenizer (offsets).
+    """
+    text = "".join(segments)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} gives no character offsets; "
+                         "load a fast (tokenizers-backed) tokenizer") from None
+    ends = np.cumsum([len(s) for s in segments])
+    last = [end - 1 if end > start else start for start, end in enc["offset_mapping"]]
+    which = np.searchsorted(ends, last, side="right").clip(max=len(segments) - 1)
+    return list(enc["input_ids"]), which.tolist()
+
+
 def encode_caption(tokenizer, caption: str, plain_style: str = "release") -> tuple[list[int], list[int]]:
     """Stage-1 plain template -> (ids, labels), labels = ids on the caption, -100 elsewhere.
 
-    ``"release"`` (JARVIS, default): ``[<image>] + caption`` (no BOS, no EOS, no newline).
-    ``"llava"`` (LLaVA's ``preprocess_plain``, separator "\\n"): ``[BOS, <image>] + caption + "\\n"``,
-    the newline labelled (it plays the EOS role); BOS omitted if the tokenizer has none.
+    ``"release"`` (JARVIS, default): ``"<image>" + caption`` tokenized as one string, the
+    caption's ids labelled (no BOS, no EOS, no newline). With a Llama-2-style SentencePiece
+    tokenizer the first caption word then has no word-start marker, as in the release.
+    ``"llava"`` (LLaVA's ``preprocess_plain``, separator "\\n"): ``[BOS, <image>] + ids of
+    caption + "\\n"``, the newline labelled (it plays the EOS role); BOS omitted if the
+    tokenizer has none. LLaVA's ``tokenizer_image_token`` tokenizes the text after
+    ``"<image>"`` on its own, so here the caption is tokenized alone (with the marker).
     """
     if plain_style not in PLAIN_STYLES:
         raise ValueError(f"plain_style must be one of {PLAIN_STYLES}, got {plain_style!r}")
     if not caption.strip():
         raise ValueError("empty caption")
-    prefix = [image_token_id(tokenizer)]
+    image = image_token_id(tokenizer)
     if plain_style == "llava":
-        prefix = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + prefix
-        caption = caption + "\n"
-    text = _tokens(tokenizer, caption)
-    return prefix + text, [IGNORE_INDEX] * len(prefix) + text
+        prefix = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + [image]
+        text = _tokens(tokenizer, caption + "\n")
+        return prefix + text, [IGNORE_INDEX] * len(prefix) + text
+    ids, which = encode_segments(tokenizer, [IMAGE_TOKEN, caption])
+    if ids.count(image) != 1 or which[0] != 0 or 0 in which[1:]:
+        raise ValueError(f"the caption merged with {IMAGE_TOKEN!r} or holds one itself")
+    return ids, [IGNORE_INDEX if w == 0 else t for t, w in zip(ids, which)]
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -106,10 +138,12 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
     its end-of-turn marker (the last special token of the turn), -100 elsewhere.
 
     ``conversations``: LLaVA turns ``{"from": "human"|"gpt", "value": str}``, starting with a
-    human turn. Each message's segment is the render of messages[:i+1] minus the render of
-    messages[:i], tokenized alone with ``add_special_tokens=False``; an assistant segment is
-    split at the generation-prompt header (unlabelled). Text the template appends after the
-    end marker (e.g. "\\n") is not labelled: the model stops at the marker.
+    human turn. The segments are the render of messages[:i+1] minus the render of
+    messages[:i], an assistant one split at the generation-prompt header (unlabelled); ids =
+    the whole render tokenized as one string (:func:`encode_segments`), so they equal
+    ``apply_chat_template(tokenize=True)`` and what :func:`encode_prompt` gives at inference.
+    Text the template appends after the end marker (e.g. "\\n") is not labelled: the model
+    stops at the marker.
     """
     if not conversations or conversations[0].get("from") != "human":
         raise ValueError("a conversation must be a non-empty list starting with a human turn")
@@ -119,24 +153,27 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
         raise ValueError('every turn needs "from" in human|gpt and a string "value"')
     messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in conversations]
     special = set(tokenizer.all_special_ids) - {image_token_id(tokenizer)}
-    ids, labels, prev = [], [], ""
+    segments, bodies, prev = [], set(), ""
     for i, message in enumerate(messages):
         full = _render(tokenizer, messages[: i + 1])
-        if message["role"] != "assistant":
-            seg = _tokens(tokenizer, _suffix(tokenizer, prev, full, i))
-            ids += seg
-            labels += [IGNORE_INDEX] * len(seg)
-        else:
+        if message["role"] == "assistant":
             if not message["content"].strip():
                 raise ValueError(f"empty assistant text in turn {i}")
             header = _render(tokenizer, messages[:i], generation_prompt=True)
-            head = _tokens(tokenizer, _suffix(tokenizer, prev, header, i))
-            body = _tokens(tokenizer, _suffix(tokenizer, header, full, i))
-            ends = [k for k, t in enumerate(body) if t in special]
-            n = ends[-1] + 1 if ends else len(body)
-            ids += head + body
-            labels += [IGNORE_INDEX] * len(head) + body[:n] + [IGNORE_INDEX] * (len(body) - n)
+            segments.append(_suffix(tokenizer, prev, header, i))
+            prev = header
+            bodies.add(len(segments))
+        segments.append(_suffix(tokenizer, prev, full, i))
         prev = full
+    ids, which = encode_segments(tokenizer, segments)
+    labels, by_segment = [IGNORE_INDEX] * len(ids), {}
+    for k, w in enumerate(which):
+        by_segment.setdefault(w, []).append(k)
+    for b in bodies:  # content + end marker (the body's last special token)
+        pos = by_segment.get(b, [])
+        ends = [k for k in pos if ids[k] in special]
+        for k in pos[: pos.index(ends[-1]) + 1 if ends else len(pos)]:
+            labels[k] = ids[k]
     if all(label == IGNORE_INDEX for label in labels):
         raise ValueError("conversation has no assistant turn")
     n_text = sum(t["value"].count(IMAGE_TOKEN) for t in conversations)
@@ -145,14 +182,34 @@ def encode_conversation(tokenizer, conversations: list[dict]) -> tuple[list[int]
     return ids, labels
 
 
+def _question(question: str, has_image: bool) -> str:
+    if has_image and IMAGE_TOKEN not in question:
+        return IMAGE_TOKEN + "\n" + question
+    if not has_image and IMAGE_TOKEN in question:
+        raise ValueError(f"has_image=False but the question contains {IMAGE_TOKEN!r}")
+    return question
+
+
 def encode_prompt(tokenizer, question: str, has_image: bool = True) -> list[int]:
     """Ids of one user message + generation prompt (chat template), for eval-time generation.
     With ``has_image`` the question gets a leading ``"<image>\\n"`` unless it has one already."""
-    if has_image and IMAGE_TOKEN not in question:
-        question = IMAGE_TOKEN + "\n" + question
-    if not has_image and IMAGE_TOKEN in question:
-        raise ValueError(f"has_image=False but the question contains {IMAGE_TOKEN!r}")
+    question = _question(question, has_image)
     return _tokens(tokenizer, _render(tokenizer, [{"role": "user", "content": question}], True))
+
+
+def encode_reply(tokenizer, question: str, answer: str, has_image: bool = True):
+    """(ids, labels) of ``question`` then ``answer`` as an assistant reply, tokenized as in
+    training (:func:`encode_conversation`), cut after the answer's last id; labels on the
+    answer's ids only (not the end marker). For scoring answer options after a prompt."""
+    turns = [{"from": "human", "value": _question(question, has_image)},
+             {"from": "gpt", "value": answer}]
+    ids, labels = encode_conversation(tokenizer, turns)
+    keep = [k for k, label in enumerate(labels) if label != IGNORE_INDEX]
+    if keep and ids[keep[-1]] in tokenizer.all_special_ids:
+        keep = keep[:-1]  # the end-of-turn marker
+    if not keep:
+        raise ValueError(f"answer {answer!r} tokenizes to nothing")
+    return ids[: keep[-1] + 1], labels[: keep[-1] + 1]
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -384,6 +441,12 @@ class LlavaDataset(torch.utils.data.Dataset):
                 if strict:
                     raise
                 self.problems.append((e.record_id, e.reason))
+
+    def modality_lengths(self) -> tuple[list[int], list[bool]]:
+        """Per usable record: LLaVA's word-count length estimate and whether it has an image
+        (:func:`minijarvis.sampler.modality_lengths`), for stage 2's grouped batches."""
+        from minijarvis.sampler import modality_lengths
+        return modality_lengths(self.records[i] for i in self.valid)
 
     @property
     def num_invalid(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import encode_prompt, stop_token_ids
+from .data import encode_prompt, encode_reply, stop_token_ids
 
 
 def _batch(model, ids: list[list[int]], images: torch.Tensor | None, labels=None) -> dict:
@@ -88,14 +88,14 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
     tok = model.tokenizer
     scores = []
     for i, (prompt, opts) in enumerate(zip(prompts, options)):
-        head = encode_prompt(tok, prompt, has_image=images is not None)
         rows, labels = [], []
-        for opt in opts:
-            tail = tok(opt, add_special_tokens=False)["input_ids"]
-            if not tail:
-                raise ValueError(f"option {opt!r} of prompt {i} tokenizes to nothing")
-            rows.append(head + tail)
-            labels.append([-100] * len(head) + tail)
+        for opt in opts:  # the option as training saw a reply: its ids in context
+            try:
+                ids, lab = encode_reply(tok, prompt, opt, has_image=images is not None)
+            except ValueError as e:
+                raise ValueError(f"option {opt!r} of prompt {i}: {e}") from None
+            rows.append(ids)
+            labels.append(lab)
         img = None if images is None else images[i:i + 1].expand(len(opts), -1, -1, -1)
         batch = _batch(model, rows, img, labels)
         # Every option shares the image: encode it once, not once per option.
