@@ -9,7 +9,8 @@
   check) anywhere below ``main``; :func:`run_main` turns it into that line.
 * ``--debug`` (every entry point has it; :func:`add_debug_flag`) shows the traceback instead.
 
-Use in an entry point::
+Use in an entry point: build the parser with :class:`ArgumentParser` (argparse's, whose own
+errors are one line too), give every flag a type below or ``choices``, and end with::
 
     if __name__ == "__main__":
         sys.exit(run_main(main, prog="train.py"))

@@ -121,6 +121,21 @@ def test_an_unusable_file_is_one_line_naming_it_and_exit_1(case, tmp_path, capsy
     assert err.startswith(f"{script}: error: ") and name in err, err
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--max-length", "100"], "--max-length 100"),  # the tiny model's image alone takes 144 slots
+    (["--jepa-layer", "9"], "--jepa-layer"),  # the tiny LLM has 4 layers
+    (["--synthetic-size", "2"], "--batch-size"),  # 2 records cannot fill a batch of 8
+    (["--llm", "./plain_folder", "--random-init"], "--random-init"),
+])
+def test_flags_this_model_or_data_cannot_take_are_one_line_and_exit_2(argv, needle, tmp_path, capsys):
+    (tmp_path / "plain_folder").mkdir()
+    (tmp_path / "plain_folder" / "config.json").write_text("{}")
+    assert run_main(train.main, "train.py", argv) == 2
+    err = capsys.readouterr().err  # may hold progress bars (the synthetic data) before the error
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err and needle in lines[0], err
+
+
 def test_debug_shows_the_traceback_instead(tmp_path):
     with pytest.raises(InputError, match="nope.json"):
         run_main(train.main, "train.py", ["--data", "nope.json", "--debug"])
