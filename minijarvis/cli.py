@@ -109,6 +109,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--stage finetune needs --init <stage-1 output dir> (or --resume)")
     if args.init and args.stage == "align":
         p.error("--init starts stage 2 from a stage-1 checkpoint: use it with --stage finetune")
+    if args.image_folder and not args.data and not args.resume:
+        p.error("--image-folder is where --data's images are: pass --data too")
+    if "synthetic_size" in args.given and args.data:
+        p.error("--synthetic-size sizes the built-in data: it does nothing with --data")
     return args
 
 
@@ -190,7 +194,8 @@ def check_inputs(args) -> None:
 
 def _check_data(tcfg: TrainConfig) -> None:
     if tcfg.data and not Path(tcfg.data).is_file():
-        raise InputError(f"{tcfg.data}: no such file (--data)")
+        what = "a folder; --data is the LLaVA JSON file" if Path(tcfg.data).is_dir() else "no such file"
+        raise InputError(f"{tcfg.data}: {what} (--data)")
     if tcfg.image_folder and not Path(tcfg.image_folder).is_dir():
         raise InputError(f"{tcfg.image_folder}: no such folder (--image-folder)")
 

@@ -66,7 +66,7 @@ def run_main(main, prog: str, argv: list[str] | None = None) -> int:
         error, line, code = e, f"error: {e.code}", 1
     except (UsageError, InputError) as e:
         error, line, code = e, f"error: {e}", e.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         error, line, code = e, f"error: {e}", 1
     except KeyboardInterrupt as e:
         error, line, code = e, "interrupted", 130

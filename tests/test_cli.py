@@ -41,7 +41,8 @@ BAD_FLAGS = [("train.py", flag, value) for flag, value in [
     ("--synthetic-size", "0"), ("--max-length", "7"), ("--threads", "-1"), ("--num-workers", "-1"),
     ("--log-every", "0"), ("--weight-decay", "-0.1"), ("--max-grad-norm", "0"), ("--seed", "-1"),
     ("--batch-size", "two"), ("--context-encoder", "no_such_vit"), ("--target-encoder", "x"),
-    ("--method", "jepa"), ("--stage", "pretrain"), ("--jepa-distance", "l2"), ("--plain-style", "x")]
+    ("--method", "jepa"), ("--stage", "pretrain"), ("--jepa-distance", "l2"), ("--plain-style", "x"),
+    ("--image-folder", "imgs"), ("--synthetic-size", "64 --data d.json")]
 ] + [("eval.py", flag, value) for flag, value in [
     ("--n-per-task", "0"), ("--limit", "0"), ("--max-new-tokens", "0"), ("--batch-size", "0"),
     ("--seed", "-1"), ("--device", "tpu9"), ("--answer-mode", "vote"), ("--bench", "mmlu")]
@@ -54,7 +55,7 @@ BAD_FLAGS = [("train.py", flag, value) for flag, value in [
 
 @pytest.mark.parametrize("script, flag, value", BAD_FLAGS)
 def test_a_bad_flag_value_is_one_line_naming_the_flag_and_exit_2(script, flag, value, capsys):
-    argv = [flag, value] + (["--checkpoint", "ckpt"] if script == "eval.py" else [])
+    argv = [flag, *value.split()] + (["--checkpoint", "ckpt"] if script == "eval.py" else [])
     assert run_main(SCRIPTS[script], script, argv) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"{script}: error: ") and flag in err, err
