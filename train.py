@@ -281,17 +281,18 @@ class Trainer:
                    "train (to train longer, start a new run in another --output-dir)")
 
     def _check_plan(self, progress: dict) -> None:
-        """The saved run's process count and planned total must be this run's (resume.py checks
-        the flags): else UsageError naming both values."""
+        """The saved run's process count (else UsageError) and planned total (else InputError: the
+        data changed) must be this run's; resume.py has checked the flags. Both name the values."""
         world = len(progress["positions"])
         if world != self.info.world_size:
             raise UsageError(f"--resume: {self.ckpt_dir} was written by {world} processes, this run "
                              f"has {self.info.world_size} (the data split and global batch would change); "
                              f"resume with torchrun --nproc_per_node {world}")
         if progress["total"] != self.total:
-            raise UsageError(f"--resume: {self.ckpt_dir} planned {progress['total']} optimizer steps, this "
-                             f"run would plan {self.total} from {len(self.dataset)} usable records (the "
-                             "data changed?); restore the data, or start a new run in another --output-dir")
+            raise InputError(f"{self.tcfg.data or 'the built-in data'}: {len(self.dataset)} usable records "
+                             f"plan {self.total} optimizer steps, but {self.ckpt_dir} planned "
+                             f"{progress['total']} (the data changed?); restore the data, or start a new "
+                             "run in another --output-dir")
 
     def _generators(self) -> dict:
         return {"lambda": self.lambda_gen, "mask": self.mask_gen}

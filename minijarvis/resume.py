@@ -5,8 +5,8 @@ all from it. Its optimizer steps, data order and LR schedule (warm-up and cosine
 total) were fixed at the start, so a flag given with ``--resume`` must agree with the saved run:
 one that differs (``--max-steps 3 -> 6``, ``--lr``, ``--batch-size``, ...) is refused, each named
 with its old and new value. Only the flags in :data:`RESUME_FREE`, which change no result, may
-differ, and they apply. train.py's Trainer.resume refuses a different number of processes or a
-different planned total (the data changed) the same way.
+differ, and they apply. train.py's Trainer.resume refuses a different number of processes the
+same way, and a different planned total (the data changed) as an unusable input.
 """
 from __future__ import annotations
 

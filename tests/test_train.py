@@ -98,17 +98,18 @@ def test_resume_refuses_a_changed_plan_and_accepts_the_same_one(capsys):
 
 
 def test_resume_refuses_another_process_count_or_planned_total(capsys):
-    from minijarvis.errors import UsageError
+    from minijarvis.errors import InputError, UsageError
     args = ["--stage", "align", *FAST, "--max-steps", "2", "--output-dir", "run"]
     assert train.main(args) == 0
     state = Path("run/checkpoint/trainer.json")
     saved = json.loads(state.read_text())
     assert train.main([*args, "--resume"]) == 0, "a finished run resumes to nothing"
     assert "nothing left to train" in capsys.readouterr().out
-    for change, needle in (({"positions": saved["progress"]["positions"] * 2}, "written by 2 processes"),
-                           ({"total": 7}, "planned 7 optimizer steps, this run would plan 2")):
+    for change, error, needle in (
+            ({"positions": saved["progress"]["positions"] * 2}, UsageError, "written by 2 processes"),
+            ({"total": 7}, InputError, "plan 2 optimizer steps, but run/checkpoint planned 7")):
         state.write_text(json.dumps({**saved, "progress": {**saved["progress"], **change}}))
-        with pytest.raises(UsageError, match=needle):
+        with pytest.raises(error, match=needle):
             train.main([*args, "--resume"])
 
 
