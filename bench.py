@@ -56,6 +56,8 @@ from minijarvis.bench_report import check_targets, print_report, readme_table  #
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
+from minijarvis.errors import (ArgumentParser, InputError, UsageError, add_debug_flag, device as device_flag,  # noqa: E402
+                               int_at_least, nonnegative_int, positive_float, positive_int, run_main)
 from minijarvis.model import JarvisModel  # noqa: E402
 
 PARTS = ("target_encoder", "mask_sampling", "mask_building", "llm_fwd_bwd", "llm_fwd_bwd_causal")
@@ -64,21 +66,21 @@ MIB = 2 ** 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="tiny", help="LLM + encoders, random weights")
-    p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
-    p.add_argument("--batch-size", type=int, default=None, help="stage-1 batch (default: 16 on CUDA, as the release per device; CPU: 8 tiny, 1 real shape)")
-    p.add_argument("--stage2-batch-size", type=int, default=None, help="default: largest power of two that fits (CUDA), the stage-1 batch (CPU)")
-    p.add_argument("--max-batch", type=int, default=256, help="upper end of the stage-2 batch search")
-    p.add_argument("--steps", type=int, default=None, help="measured steps per method, median reported (default: 30 tiny on CPU, 2 real shape on CPU, 10 CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="unmeasured rounds first; on CPU the first also measures memory (default: 1 on CPU, 2 CUDA)")
-    p.add_argument("--caption-len", type=int, default=32, help="stage-1 caption tokens (rows vary by +-25%%)")
-    p.add_argument("--chat-len", type=int, default=128, help="stage-2 text tokens around the image")
+    p.add_argument("--device", type=device_flag, default="auto", help="auto = cuda if available, else cpu")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="stage-1 batch (default: 16 on CUDA, as the release per device; CPU: 8 tiny, 1 real shape)")
+    p.add_argument("--stage2-batch-size", type=positive_int, default=None, help="default: largest power of two that fits (CUDA), the stage-1 batch (CPU)")
+    p.add_argument("--max-batch", type=positive_int, default=256, help="upper end of the stage-2 batch search")
+    p.add_argument("--steps", type=positive_int, default=None, help="measured steps per method, median reported (default: 30 tiny on CPU, 2 real shape on CPU, 10 CUDA)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, help="unmeasured rounds first; on CPU the first also measures memory (default: 1 on CPU, 2 CUDA)")
+    p.add_argument("--caption-len", type=positive_int, default=32, help="stage-1 caption tokens (rows vary by +-25%%)")
+    p.add_argument("--chat-len", type=int_at_least(11), default=128, help="stage-2 text tokens around the image")
     p.add_argument("--fixed-length", action="store_true", help="all rows the same length (no padding)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="train.py's --bf16 (default: on except for tiny on CPU)")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None, help="gradient checkpointing (default: on for CUDA)")
-    p.add_argument("--llm-layers", type=int, default=None, help="keep the LLM's width, cut its depth (CPU runs of real shapes)")
+    p.add_argument("--llm-layers", type=positive_int, default=None, help="keep the LLM's width, cut its depth (CPU runs of real shapes)")
     p.add_argument("--attn", choices=ATTN_IMPLS, default="auto", help="LLM attention (auto: eager for Gemma2, else sdpa)")
     p.add_argument("--keep-dropped-slots", action="store_true", help="masked steps compute the dropped slots, as the release (train.py's flag)")
     p.add_argument("--attn-compare", action="store_true", help="also time SDPA vs FlexAttention (CUDA, Llama-style LLMs)")
@@ -86,20 +88,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: all three; llava,jarvis for a real shape on CPU)")
     p.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=None,
                    help="time a stage-2 step too (default: on, except for a real shape on CPU)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak for MFU if not in bench_utils' table")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 is steadier on a busy machine")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak-tflops", type=positive_float, default=None, help="GPU bf16 dense peak for MFU if not in bench_utils' table")
+    p.add_argument("--threads", type=nonnegative_int, default=None, help="CPU threads (torch.set_num_threads; 0: torch's default); 1 is steadier on a busy machine")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default runs/bench/<preset>-<device>.json)")
     p.add_argument("--stage2-padding", action="store_true", help="only print the padding stage 2's grouped batches save (synthetic LLaVA-665k rows, batch 16 x 8 ranks)")
     p.add_argument("--cuda-suite", action="store_true", help=f"{' and '.join(SUITE)} on the GPU, bf16, checkpointing")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     if args.methods is not None:
         args.methods = tuple(m for m in args.methods.split(",") if m)
         if not args.methods or set(args.methods) - set(METHODS):
-            p.error(f"--methods must be a comma list of {', '.join(METHODS)}")
-    if min(1 if args.steps is None else args.steps, args.caption_len, args.chat_len - 10, args.max_batch) < 1 \
-            or (args.warmup or 0) < 0:
-        p.error("--steps, --caption-len, --max-batch must be >= 1, --chat-len >= 11, --warmup >= 0")
+            p.error(f"argument --methods: must be a comma list of {', '.join(METHODS)}, got {','.join(args.methods)!r}")
+    full = preset(args.preset).llm_arch["num_hidden_layers"]
+    if args.llm_layers is not None and args.llm_layers > full:
+        p.error(f"argument --llm-layers: {args.preset} has {full} layers; --llm-layers cuts, it cannot add")
     return args
 
 
@@ -110,15 +113,13 @@ def settle(args) -> torch.device:
     and jarvis only, one warm-up round (it also measures memory) and two measured rounds, no
     stage 2, so Gemma2-2B prints its table in about two minutes on two cores (README)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
     cuda, tiny = device.type == "cuda", args.preset == "tiny"
     real_cpu = not cuda and not tiny
     args.batch_size = args.batch_size or (16 if cuda else 8 if tiny else 1)
     args.steps = args.steps or (10 if cuda else 30 if tiny else 2)
     args.warmup = (2 if cuda else 1) if args.warmup is None else args.warmup
     if not cuda and args.warmup < 1:
-        raise SystemExit("--warmup must be >= 1 on CPU: the first warm-up round measures memory")
+        raise UsageError("--warmup must be >= 1 on CPU: the first warm-up round measures memory")
     args.methods = args.methods or (("llava", "jarvis") if real_cpu else METHODS)
     args.stage2 = (not real_cpu) if args.stage2 is None else args.stage2
     args.bf16 = (cuda or not tiny) if args.bf16 is None else args.bf16
@@ -361,7 +362,7 @@ def cuda_suite(args) -> dict:
     """Every SUITE preset on the GPU (bf16, checkpointing, batch 16, stage-2 search); SDPA vs
     Flex on the Llama-style one. A preset that fails is reported and the next one still runs."""
     if not torch.cuda.is_available():
-        raise SystemExit("--cuda-suite needs a CUDA GPU (torch.cuda.is_available() is False)")
+        raise UsageError("--cuda-suite needs a CUDA GPU (torch.cuda.is_available() is False)")
     results = {}
     for name in SUITE:
         sub = dict_args(args, preset=name, device="cuda", llm_layers=None, output=None,
@@ -381,6 +382,8 @@ def cuda_suite(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.output and Path(args.output).is_dir():
+        raise InputError(f"{args.output}: a folder; --output is the JSON file to write")
     args.command = " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)])
     if args.stage2_padding:  # no model: the data order alone (minijarvis/padbench.py)
         from minijarvis.padbench import report, stage2_padding
@@ -391,4 +394,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, prog="bench.py"))

@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from tqdm import tqdm
 
 from minijarvis import benchmarks as B
 from minijarvis.data import BadRecord, load_image
+from minijarvis.errors import (ArgumentParser, InputError, add_debug_flag, device, nonnegative_int,
+                               positive_int, run_main)
 from minijarvis.runtime import set_cpu_threads
 
 LOADERS = {"cvbench": B.load_cvbench, "mmvp": B.load_mmvp, "blink": B.load_blink,
@@ -46,32 +49,45 @@ TARGET_NAMES = {"text": "option text", "option": "'(X) text' string", "letter": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     layouts = B.__doc__.split("Expected layouts:")[1].split("Scores (")[0]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="benchmark folder layouts (--bench-dir):" + layouts)
+    p = ArgumentParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="benchmark folder layouts (--bench-dir):" + layouts)
     add = p.add_argument
     add("--checkpoint", nargs="+", required=True, metavar="DIR", help="checkpoint folders (train.py outputs)")
     add("--bench", choices=B.BENCHES, default="shapes", help="benchmark (default: shapes, generated offline)")
     add("--bench-dir", default="", metavar="DIR", help="folder of a local benchmark copy (all but shapes)")
-    add("--n-per-task", type=int, default=50, metavar="N", help="ShapesBench items per task (default 50)")
-    add("--seed", type=int, default=0, help="ShapesBench seed (default 0)")
-    add("--limit", type=int, default=None, metavar="N", help="at most N items, spread over tasks (quick runs)")
+    add("--n-per-task", type=positive_int, default=50, metavar="N", help="ShapesBench items per task (default 50)")
+    add("--seed", type=nonnegative_int, default=0, help="ShapesBench seed (default 0)")
+    add("--limit", type=positive_int, default=None, metavar="N", help="at most N items, spread over tasks (quick runs)")
     add("--answer-mode", choices=("likelihood", "generate"), default="likelihood",
         help="score each option (default; reliable for small models) or generate and read the letter")
     add("--score-target", choices=B.SCORE_TARGETS, default="text",
         help="likelihood mode: score the option text (default), '(A) text', or the letter alone")
-    add("--max-new-tokens", type=int, default=16, metavar="N", help="generation length (default 16)")
-    add("--batch-size", type=int, default=16, metavar="N", help="images decoded at a time (lower: less memory)")
+    add("--max-new-tokens", type=positive_int, default=16, metavar="N", help="generation length (default 16)")
+    add("--batch-size", type=positive_int, default=16, metavar="N", help="images decoded at a time (lower: less memory)")
     add("--skip-missing", action="store_true", help="skip and count rows whose image is missing or unreadable "
         "(default: stop and name the row)")
     add("--output-dir", default="runs/eval", metavar="DIR", help="where results go (default runs/eval)")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available")
+    add("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda if available")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     if args.bench != "shapes" and not args.bench_dir:
         p.error(f"--bench {args.bench} reads a local copy: pass --bench-dir (layouts: see --help)")
-    for name in ("n_per_task", "limit", "max_new_tokens", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.bench == "shapes" and args.bench_dir:
+        p.error("--bench shapes is generated in memory: it takes no --bench-dir")
     return args
+
+
+def check_inputs(args) -> None:
+    """Every folder the flags name, checked before any model loads: one InputError each."""
+    from minijarvis.checkpoint import check_checkpoint_dir
+
+    for ckpt in args.checkpoint:
+        check_checkpoint_dir(ckpt)
+    if args.bench_dir and not Path(args.bench_dir).is_dir():
+        raise InputError(f"{args.bench_dir}: no such folder (--bench-dir)")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise InputError(f"{args.output_dir}: a file, not a folder (--output-dir)")
 
 
 def method_name(args) -> str:
@@ -233,22 +249,22 @@ def main(argv=None) -> dict:
     from minijarvis.model import JarvisModel
 
     args = parse_args(argv)
-    try:
-        items, skipped = load_items(args)
-        if not items:
-            raise SystemExit(f"eval.py: no usable items in {args.bench} ({len(skipped)} rows skipped)")
-        runs = []
-        for ckpt, label in zip(args.checkpoint, _labels(args.checkpoint)):
-            t0 = time.time()
-            model = JarvisModel.from_checkpoint(ckpt).to(args.device).eval()
-            if isinstance(model, torch.nn.Module):  # (tests pass stand-ins)
-                set_cpu_threads(model, torch.device(args.device))
-            records, bad_images = evaluate(model, items, args, label)
-            runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
-                             summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))
-            del model  # one model in memory at a time
-    except (BadRecord, FileNotFoundError) as e:  # a missing image (no --skip-missing), file or checkpoint
-        raise SystemExit(f"eval.py: {e}") from None
+    check_inputs(args)
+    # A missing image without --skip-missing raises BadRecord, an InputError: one line (run_main).
+    items, skipped = load_items(args)
+    if not items:
+        raise InputError(f"{args.bench_dir or args.bench}: no usable items ({len(skipped)} rows skipped"
+                         + (f", e.g. {skipped[0][0]!r}: {skipped[0][1]})" if skipped else ")"))
+    runs = []
+    for ckpt, label in zip(args.checkpoint, _labels(args.checkpoint)):
+        t0 = time.time()
+        model = JarvisModel.from_checkpoint(ckpt).to(args.device).eval()
+        if isinstance(model, torch.nn.Module):  # (tests pass stand-ins)
+            set_cpu_threads(model, torch.device(args.device))
+        records, bad_images = evaluate(model, items, args, label)
+        runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
+                         summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))
+        del model  # one model in memory at a time
     if skipped:
         print(f"skipped {len(skipped)} rows while loading, e.g. {skipped[0][0]!r}: {skipped[0][1]}")
     print_table(TITLES[args.bench], method_name(args), runs)
@@ -258,4 +274,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, prog="eval.py"))

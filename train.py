@@ -23,7 +23,11 @@ A 7B LLM on 8 GPUs (stage 1: DDP over what trains; stage 2: FSDP2 shards the LLM
 Other rows of the paper's table: ``--method llava|nomask|viral`` (VIRAL: stage 1 ``llava``,
 stage 2 ``--method viral``). A run writes ``OUTPUT/`` (final model), ``OUTPUT/checkpoint/``
 (resumable state, every ``--save-every`` steps and on Ctrl-C), ``OUTPUT/log.jsonl`` and
-``OUTPUT/loss.png``. ``--resume`` continues exactly where the checkpoint stopped.
+``OUTPUT/loss.png``. ``--resume`` continues exactly where the checkpoint stopped, with the
+plan it started with (flags that would change it are refused: minijarvis/resume.py).
+
+A bad flag value or an unusable file ends the run with one line and exit status 2 (usage) or 1
+(file); ``--debug`` shows the Python traceback instead (minijarvis/errors.py).
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from tqdm import tqdm
 from minijarvis import runtime
 from minijarvis.cli import build_run, parse_args
 from minijarvis.data import format_skips
+from minijarvis.errors import InputError, UsageError, run_main
 from minijarvis.runtime import print0
 from minijarvis.sampler import epoch_batches
 
@@ -61,7 +66,7 @@ class Trainer:
         self.per_rank = len(dataset) // info.world_size
         self.micro_per_epoch = self.per_rank // tcfg.batch_size
         if self.micro_per_epoch < tcfg.grad_accum:
-            raise ValueError(f"{len(dataset)} usable records cannot fill one optimizer step of "
+            raise UsageError(f"{len(dataset)} usable records cannot fill one optimizer step of "
                              f"{tcfg.batch_size} x {tcfg.grad_accum} x {info.world_size}; "
                              "lower --batch-size or --grad-accum, or add data")
         steps_per_epoch = self.micro_per_epoch // tcfg.grad_accum
@@ -111,14 +116,17 @@ class Trainer:
             self.position = (epoch, 0)
 
     def _next_batch(self, stream):
-        """The next micro-batch with at least one usable record; bad records are counted."""
-        while True:
+        """The next micro-batch with at least one usable record; bad records are counted. An
+        epoch's worth of micro-batches without one means no record is usable: InputError."""
+        for _ in range(2 * self.micro_per_epoch + 1):  # any 2m + 1 in a row hold a whole epoch
             batch = next(stream)
             self.num_skipped += len(batch["skipped"])
             if batch["skipped"]:
                 tqdm.write(f"[rank {self.info.rank}] " + format_skips(batch["skipped"]))
             if "input_ids" in batch:
                 return {k: v.to(self.info.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        raise InputError(f"{self.tcfg.data or 'the data'}: none of the {len(self.dataset)} records "
+                         "that passed the checks at load could be loaded (reasons above)")
 
     # ---------------------------------------------------------------- the loop
     def fit(self, on_step=None) -> int:
@@ -261,6 +269,7 @@ class Trainer:
     def resume(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         optim_state, progress = runtime.load_trainer_state(self.ckpt_dir, self._generators())
+        self._check_plan(progress)
         set_optimizer_state_dict(self.model, self.optimizer, optim_state,
                                  options=StateDictOptions(full_state_dict=True))
         self.step = progress["step"]
@@ -269,6 +278,23 @@ class Trainer:
         if self.info.rank == 0:
             runtime.truncate_log(self.log_path, self.step)
         print0(f"resumed at step {self.step}/{progress['total']} from {self.ckpt_dir}")
+        if self.step >= self.total:
+            print0(f"the checkpoint already holds all {self.total} planned steps: nothing left to "
+                   "train (to train longer, start a new run in another --output-dir)")
+
+    def _check_plan(self, progress: dict) -> None:
+        """The saved run's process count (else UsageError) and planned total (else InputError: the
+        data changed) must be this run's; resume.py has checked the flags. Both name the values."""
+        world = len(progress["positions"])
+        if world != self.info.world_size:
+            raise UsageError(f"--resume: {self.ckpt_dir} was written by {world} processes, this run "
+                             f"has {self.info.world_size} (the data split and global batch would change); "
+                             f"resume with torchrun --nproc_per_node {world}")
+        if progress["total"] != self.total:
+            raise InputError(f"{self.tcfg.data or 'the built-in data'}: {len(self.dataset)} usable records "
+                             f"plan {self.total} optimizer steps, but {self.ckpt_dir} planned "
+                             f"{progress['total']} (the data changed?); restore the data, or start a new "
+                             "run in another --output-dir")
 
     def _generators(self) -> dict:
         return {"lambda": self.lambda_gen, "mask": self.mask_gen}
@@ -323,4 +349,4 @@ def main(argv=None, on_step=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog="train.py"))

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config import ModelConfig, load_config, save_config
+from .errors import InputError, brief
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
 # Parts a stage-2 model may lack that a stage-1 checkpoint holds: JARVIS's additions.
@@ -87,28 +88,46 @@ def save_checkpoint(model, directory, state: dict | None = None, **configs) -> P
     return directory
 
 
+def check_checkpoint_dir(directory) -> Path:
+    """``directory`` as a Path if it holds a checkpoint's three parts, else InputError naming
+    what is missing (e.g. ``--init`` given a run's ``runs/`` folder or an image folder)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: no such checkpoint folder")
+    missing = [name for name in (CONFIG, WEIGHTS, TOKENIZER) if not (directory / name).exists()]
+    if missing:
+        raise InputError(f"{directory}: not a minijarvis checkpoint (no {', '.join(missing)}; "
+                         "train.py writes one in its --output-dir)")
+    return directory
+
+
 def load_checkpoint(cls, directory, stage: str | None = None, **overrides):
     """Rebuild a model from ``directory``; ``stage="finetune"`` on a stage-1 checkpoint starts
     stage 2: JARVIS's z, proj_tgt and target encoder are dropped (VIRAL builds fresh ones).
     ``overrides`` replace ModelConfig fields (e.g. ``method="viral"`` for stage 2)."""
     from .tokenizer import load_tokenizer
 
-    directory = Path(directory)
-    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{directory} is not a minijarvis checkpoint "
-                                f"(needs {CONFIG} and {WEIGHTS})")
+    directory = check_checkpoint_dir(directory)
     configs = load_config(directory / CONFIG)
+    if "model" not in configs:
+        raise InputError(f"{directory / CONFIG}: no \"model\" entry; not a minijarvis checkpoint config")
     saved_stage = configs.get("stage", "align")
     cfg = dataclasses.replace(configs["model"], **overrides)
-    model = cls(cfg, configs.get("mask"), stage or saved_stage,
-                tokenizer=load_tokenizer(str(directory / TOKENIZER)))
-    state = load_file(str(directory / WEIGHTS))
+    try:
+        tokenizer = load_tokenizer(str(directory / TOKENIZER))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{directory / TOKENIZER}: cannot load the tokenizer ({brief(e)})") from e
+    model = cls(cfg, configs.get("mask"), stage or saved_stage, tokenizer=tokenizer)
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise InputError(f"{directory / WEIGHTS}: cannot read the weights ({brief(e)})") from e
     if model.stage != saved_stage:  # stage 1 -> stage 2: JARVIS's additions are dropped
         state = {k: v for k, v in state.items() if not k.startswith(STAGE1_ONLY)}
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise ValueError(f"{directory}: tensors with no place in this model: {unexpected[:5]}")
+        raise InputError(f"{directory}: tensors with no place in this model: {unexpected[:5]}")
     missing = set(model.load_state_dict(state, strict=False).missing_keys)
     # Tied weights are stored once; a key is really missing only if its storage wasn't loaded.
     # Parts that a new stage creates (VIRAL's proj_tgt) start fresh.
@@ -116,5 +135,5 @@ def load_checkpoint(cls, directory, stage: str | None = None, **overrides):
     fresh = STAGE1_ONLY if model.stage != saved_stage else ()
     lost = [k for k in missing & expected if not (fresh and k.startswith(fresh))]
     if lost:
-        raise ValueError(f"{directory}: checkpoint lacks {sorted(lost)[:5]}")
+        raise InputError(f"{directory}: checkpoint lacks {sorted(lost)[:5]}")
     return model

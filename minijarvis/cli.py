@@ -3,7 +3,9 @@
 Every flag maps onto one config field (``--jepa-lambda`` -> ``ModelConfig.jepa_lambda``,
 ``--batch-size`` -> ``TrainConfig.batch_size``, ...). A flag left unset keeps the preset's
 value, or for ``--stage finetune --init DIR`` the stage-1 checkpoint's; ``--resume`` takes
-every setting from the checkpoint it resumes.
+every setting from the checkpoint it resumes and refuses flags that differ (minijarvis/resume.py).
+Invalid values are refused at start-up by argparse types (minijarvis/errors.py), unusable
+files and folders by :func:`check_inputs` before anything is built.
 """
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ from pathlib import Path
 import torch
 
 from .config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
-                     PRESETS, STAGES, MaskConfig, TrainConfig, load_config, preset)
+                     PRESETS, STAGES, MaskConfig, TrainConfig, preset)
 from .data import LlavaDataset, make_collate
+from .errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
+                     nonnegative_float, nonnegative_int, positive_float, positive_int,
+                     positive_int_or, probability)
 from .model import JarvisModel
+from .resume import RESUME_FREE, resume_config
 from .runtime import DistInfo, print0
 
 
@@ -32,26 +38,50 @@ def context_layer(text: str) -> int:
             f"expected {' or '.join(CONTEXT_LAYERS)} or a block index, got {text!r}") from None
 
 
+def encoder_name(text: str) -> str:
+    """argparse type: an encoder key of config.ENCODERS or a timm model name."""
+    import timm
+
+    if text in ENCODERS or timm.is_model(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown encoder {text!r}: a timm model name "
+                                     f"(timm.list_models) or one of {', '.join(ENCODERS)}")
+
+
+def _given(parser: argparse.ArgumentParser, argv) -> frozenset[str]:
+    """Destinations set on the command line, told apart from defaults by parsing again with
+    every default suppressed (abbreviations and ``--flag=value`` included)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    for action, _ in defaults:
+        action.default = argparse.SUPPRESS
+    try:
+        return frozenset(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train minijarvis (JARVIS / LLaVA, two stages).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="train.py", description="Train minijarvis (JARVIS / LLaVA, two stages).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument_group("what to train")
     a.add_argument("--stage", choices=STAGES, default="align", help="align = stage 1 (captions), finetune = stage 2 (instructions)")
     a.add_argument("--method", choices=METHODS, default=None, help="row of the paper's table (default: jarvis, or the --init checkpoint's)")
     a.add_argument("--preset", choices=PRESETS, default="tiny", help="LLM + encoders; tiny runs offline on a CPU")
     a.add_argument("--llm", default=None, help="hub id or local directory of a causal LM (overrides the preset's LLM)")
-    a.add_argument("--context-encoder", default=None, help=f"timm model name or one of {', '.join(ENCODERS)}")
+    a.add_argument("--context-encoder", type=encoder_name, default=None, help=f"timm model name or one of {', '.join(ENCODERS)}")
     a.add_argument("--context-layer", type=context_layer, default=None, help="block F_ctx reads: penultimate, last or an index (negative from the end) (default: the release's per family, last for SigLIP, penultimate otherwise)")
     a.add_argument("--context-norm", choices=("on", "off"), default=None, help="F_ctx through the encoder's final norm (default: on for SigLIP, off otherwise)")
-    a.add_argument("--target-encoder", default=None, help="timm model name or an encoder key, as above")
+    a.add_argument("--target-encoder", type=encoder_name, default=None, help="timm model name or an encoder key, as above")
     a.add_argument("--context-weights", default="", help="local weights file for the context encoder")
     a.add_argument("--target-weights", default="", help="local weights file for the target encoder")
     a.add_argument("--random-init", action="store_true", help="random weights for every network (offline speed/memory runs)")
     a.add_argument("--init", default="", help="stage-1 output directory to start stage 2 from")
-    a.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint exactly (all other settings come from it)")
+    a.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint exactly: every setting comes from it; "
+                   "other flags must match it, except " + ", ".join(f"--{f.replace('_', '-')}" for f in RESUME_FREE))
     m = p.add_argument_group("method (defaults: the official release)")
-    m.add_argument("--jepa-lambda", type=float, default=None, help="probability that a stage-1 step skips JEPA (release 0.2)")
-    m.add_argument("--jepa-layer", type=int, default=None, help="layer j of h_j (default num_layers // 4; VIRAL: // 2)")
+    m.add_argument("--jepa-lambda", type=probability, default=None, help="probability that a stage-1 step skips JEPA (release 0.2)")
+    m.add_argument("--jepa-layer", type=positive_int, default=None, help="layer j of h_j (default num_layers // 4; VIRAL: // 2)")
     m.add_argument("--jepa-distance", choices=("cosine", "smooth_l1"), default=None, help="release: raw -cos; I-JEPA: smooth_l1")
     m.add_argument("--bidirectional-visual", choices=("on", "off"), default=None, help="all visual tokens attend each other (release: on for jarvis only)")
     m.add_argument("--pos-embed", action="store_true", default=None, help="paper: z + phi(i); release: z alone")
@@ -62,31 +92,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = p.add_argument_group("data")
     d.add_argument("--data", default="", help="LLaVA JSON (558k captions / 665k instructions); default: built-in synthetic shapes")
     d.add_argument("--image-folder", default="", help="folder the JSON's image paths are relative to")
-    d.add_argument("--synthetic-size", type=int, default=512, help="records of built-in data")
+    d.add_argument("--synthetic-size", type=positive_int, default=512, help="records of built-in data")
     d.add_argument("--plain-style", choices=("release", "llava"), default="release", help="stage-1 template: release = <image>+caption; llava adds BOS and a trailing newline")
     d.add_argument("--image-aspect", choices=IMAGE_ASPECTS, default=None, help="fit images to the encoder's square: crop = CLIP processor (short side, centre crop), pad = square in the encoder's mean colour, resize = distort (default: the release's, crop in stage 1, pad in stage 2)")
-    d.add_argument("--max-length", type=int, default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
+    d.add_argument("--max-length", type=int_at_least(8), default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
     d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
     d.add_argument("--group-by-modality-length", action=argparse.BooleanOptionalAction, default=None, help="batches of image rows or of text-only rows, length-sorted mega-batches dealt to ranks (LLaVA's sampler; default: on in stage 2, as the release)")
-    d.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    d.add_argument("--num-workers", type=nonnegative_int, default=0, help="data loader worker processes")
     o = p.add_argument_group("optimisation (default: LLaVA-1.5's for real presets)")
-    o.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (-1: --epochs passes over the data)")
-    o.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
-    o.add_argument("--batch-size", type=int, default=None, help="per device (lower this and raise --grad-accum if you run out of memory)")
-    o.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: reach LLaVA's global batch)")
-    o.add_argument("--lr", type=float, default=None, help="peak learning rate (LLaVA: 1e-3 stage 1, 2e-5 stage 2)")
-    o.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    o.add_argument("--warmup-ratio", type=float, default=0.03, help="linear warm-up fraction of the cosine schedule")
-    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
-    o.add_argument("--seed", type=int, default=0, help="data order, masks and lambda draws (identical on every rank)")
+    o.add_argument("--max-steps", type=positive_int_or(-1, "use --epochs"), default=-1, help="optimizer steps (-1: --epochs passes over the data)")
+    o.add_argument("--epochs", type=positive_float, default=1.0, help="passes over the data")
+    o.add_argument("--batch-size", type=positive_int, default=None, help="per device (lower this and raise --grad-accum if you run out of memory)")
+    o.add_argument("--grad-accum", type=positive_int, default=None, help="micro-batches per step (default: reach LLaVA's global batch)")
+    o.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (LLaVA: 1e-3 stage 1, 2e-5 stage 2)")
+    o.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    o.add_argument("--warmup-ratio", type=fraction, default=0.03, help="linear warm-up fraction of the cosine schedule")
+    o.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="gradient clipping")
+    o.add_argument("--seed", type=nonnegative_int, default=0, help="data order, masks and lambda draws (identical on every rank)")
     o.add_argument("--bf16", action="store_true", help="bfloat16 autocast; frozen networks stored in bf16 (CUDA)")
     o.add_argument("--gradient-checkpointing", action="store_true", help="recompute LLM activations in backward (saves memory)")
     i = p.add_argument_group("output")
     i.add_argument("--output-dir", default="", help="default runs/<preset>-<method>-<stage>")
-    i.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints (0: only at the end)")
-    i.add_argument("--threads", type=int, default=0, help="CPU threads (0: one for small models, torch's default otherwise)")
-    i.add_argument("--log-every", type=int, default=1, help="optimizer steps between log lines")
+    i.add_argument("--save-every", type=nonnegative_int, default=0, help="optimizer steps between resumable checkpoints (0: only at the end)")
+    i.add_argument("--threads", type=nonnegative_int, default=0, help="CPU threads (0: one for small models, torch's default otherwise)")
+    i.add_argument("--log-every", type=positive_int, default=1, help="optimizer steps between log lines")
+    add_debug_flag(i)
     args = p.parse_args(argv)
+    args.given = _given(p, argv)
     if args.stage == "finetune" and not (args.init or args.resume) and args.preset == "tiny" and not args.llm:
         p.error("--stage finetune needs --init <stage-1 output dir> (or --resume)")
     if (args.init or args.resume) and (args.context_layer is not None or args.context_norm is not None):
@@ -94,6 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "with --init or --resume it is the checkpoint's (its projector was trained on it)")
     if args.init and args.stage == "align":
         p.error("--init starts stage 2 from a stage-1 checkpoint: use it with --stage finetune")
+    if args.image_folder and not args.data and not args.resume:
+        p.error("--image-folder is where --data's images are: pass --data too")
+    if "synthetic_size" in args.given and args.data:
+        p.error("--synthetic-size sizes the built-in data: it does nothing with --data")
     return args
 
 
@@ -126,7 +162,7 @@ def new_model_config(args):
     cfg = preset(args.preset, pretrained=real and not args.random_init)
     if args.llm:
         if args.random_init:
-            raise SystemExit("--random-init builds a preset's architecture; with --llm, weights come from it")
+            raise UsageError("--random-init builds a preset's architecture; with --llm, weights come from it")
         cfg = dataclasses.replace(cfg, llm_name=args.llm, llm_pretrained=True, llm_arch={}, tokenizer=args.llm)
     for flag, prefix in ((args.context_encoder, "ctx"), (args.target_encoder, "tgt")):
         if flag:
@@ -142,9 +178,13 @@ def new_model_config(args):
 def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
     """LLaVA-1.5's per-stage batch and learning rate for real models; small ones for tiny."""
     stage = args.stage
-    bs = args.batch_size or (16 if real else 8)
-    accum = args.grad_accum or (max(1, LLAVA_STAGE_DEFAULTS[stage]["global_batch"] // (bs * world)) if real else 1)
-    lr = args.lr or (LLAVA_STAGE_DEFAULTS[stage]["lr"] if real else (1e-3 if stage == "align" else 1e-4))
+    bs = (16 if real else 8) if args.batch_size is None else args.batch_size
+    accum = args.grad_accum
+    if accum is None:
+        accum = max(1, LLAVA_STAGE_DEFAULTS[stage]["global_batch"] // (bs * world)) if real else 1
+    lr = args.lr
+    if lr is None:
+        lr = LLAVA_STAGE_DEFAULTS[stage]["lr"] if real else (1e-3 if stage == "align" else 1e-4)
     cfg = TrainConfig(stage=stage, output_dir=str(output), data=args.data, image_folder=args.image_folder,
                       init=args.init, synthetic_size=args.synthetic_size, max_steps=args.max_steps,
                       epochs=args.epochs, batch_size=bs, grad_accum=accum, lr=lr,
@@ -159,6 +199,28 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
     return cfg
 
 
+def check_inputs(args) -> None:
+    """Files and folders the flags name, checked before anything is built: one InputError each.
+    (--data and --image-folder: :func:`_check_data`, once --resume has taken them from its run.)"""
+    for flag, path in (("--context-weights", args.context_weights), ("--target-weights", args.target_weights)):
+        if path and not Path(path).is_file():
+            raise InputError(f"{path}: no such file ({flag})")
+    if args.init:
+        from .checkpoint import check_checkpoint_dir
+        check_checkpoint_dir(args.init)
+    if args.llm and (Path(args.llm).exists() or args.llm.startswith((".", "/", "~"))) \
+            and not (Path(args.llm).expanduser() / "config.json").is_file():
+        raise InputError(f"{args.llm}: not a model folder (no config.json) (--llm)")
+
+
+def _check_data(tcfg: TrainConfig) -> None:
+    if tcfg.data and not Path(tcfg.data).is_file():
+        what = "a folder; --data is the LLaVA JSON file" if Path(tcfg.data).is_dir() else "no such file"
+        raise InputError(f"{tcfg.data}: {what} (--data)")
+    if tcfg.image_folder and not Path(tcfg.image_folder).is_dir():
+        raise InputError(f"{tcfg.image_folder}: no such folder (--image-folder)")
+
+
 def _default_output(args) -> Path:
     if args.output_dir:
         return Path(args.output_dir)
@@ -171,13 +233,17 @@ def _default_output(args) -> Path:
 
 def build_run(args, info: DistInfo) -> Run:
     output = _default_output(args)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: a file, not a folder (--output-dir)")
+    check_inputs(args)
     if args.resume:
         ckpt = output / "checkpoint"
         from .runtime import recover_checkpoint
         recover_checkpoint(ckpt)  # a crash between the two renames of an atomic save
         if not (ckpt / "trainer.json").exists():
-            raise SystemExit(f"--resume: no resumable checkpoint in {ckpt}")
-        tcfg = load_config(ckpt / "config.json")["train"]
+            raise InputError(f"{ckpt}: no resumable checkpoint to --resume (train.py writes one every "
+                             "--save-every steps, on Ctrl-C and at the end); check --output-dir")
+        tcfg = resume_config(args, ckpt)
         model = JarvisModel.from_checkpoint(ckpt)
     elif args.stage == "finetune" and args.init:
         model = JarvisModel.from_checkpoint(args.init, stage="finetune", **_model_overrides(args))
@@ -188,8 +254,17 @@ def build_run(args, info: DistInfo) -> Run:
         mask = MaskConfig(mask_faithful=not args.mask_clean,
                           mask_context_aspect=(0.75, 1.5) if args.paper_context_aspect else (1.0, 1.0))
         torch.manual_seed(args.seed)  # random-init networks are identical on every rank
-        model = JarvisModel(mcfg, mask, args.stage)
+        try:
+            model = JarvisModel(mcfg, mask, args.stage)
+        except ValueError as e:  # a flag the model cannot take (--jepa-layer past the LLM, ...)
+            raise UsageError(brief(e)) from e
+        except OSError as e:  # a hub id that cannot be fetched, a weights file timm cannot read
+            raise InputError(f"cannot load the model's weights: {brief(e)}") from e
         tcfg = new_train_config(args, real, info.world_size, output)
+    _check_data(tcfg)
+    if model.cfg.max_length <= model.num_visual:
+        raise UsageError(f"--max-length {model.cfg.max_length} leaves no room for text after the "
+                         f"image's {model.num_visual} visual slots; raise it")
     output.mkdir(parents=True, exist_ok=True)
     _place(model, tcfg, info)
     from .runtime import set_cpu_threads

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError
+
 METHODS = ("jarvis", "llava", "nomask", "viral")
 STAGES = ("align", "finetune")
 DISTANCES = ("cosine", "smooth_l1")
@@ -261,18 +263,28 @@ _CLASSES = {"model": ModelConfig, "mask": MaskConfig, "train": TrainConfig}
 
 
 def load_config(path: str | Path) -> dict:
-    """Read a config.json: "model", "mask", "train" as dataclasses, other entries as they are."""
-    raw = json.loads(Path(path).read_text())
+    """Read a config.json: "model", "mask", "train" as dataclasses, other entries as they are.
+    A file that is not such a config raises :class:`~minijarvis.errors.InputError` naming it."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: not a minijarvis config (a JSON object with model, mask, train)")
     out = {}
     for key, values in raw.items():
         if key not in _CLASSES:
             out[key] = values
             continue
         cls = _CLASSES[key]
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: {key!r} must be a JSON object, got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:
-            raise ValueError(f"{path}: unknown {key} config fields {sorted(unknown)}")
+            raise InputError(f"{path}: unknown {key} config fields {sorted(unknown)}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         out[key] = cls(**kwargs)
     return out

@@ -29,6 +29,7 @@ from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
 from minijarvis.config import IMAGE_ASPECTS, release_image_aspect
+from minijarvis.errors import InputError
 from minijarvis.tokenizer import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
@@ -36,15 +37,18 @@ ROLES = {"human": "user", "gpt": "assistant"}  # LLaVA's "from" -> chat-template
 PLAIN_STYLES = ("release", "llava")
 
 
-class BadRecord(Exception):
-    """A data record that cannot be used: ``record_id`` (str) and a human-readable ``reason``."""
+class BadRecord(InputError):
+    """A data record that cannot be used: ``record_id`` (str), a human-readable ``reason`` and
+    the ``source`` file if known. An InputError: uncaught (``--strict``), it ends the run with
+    one line, exit status 1."""
 
-    def __init__(self, record_id: str, reason: str):
-        super().__init__(record_id, reason)  # both in args, so it pickles across workers
-        self.record_id, self.reason = record_id, reason
+    def __init__(self, record_id: str, reason: str, source: str = ""):
+        super().__init__(record_id, reason, source)  # all in args, so it pickles across workers
+        self.record_id, self.reason, self.source = record_id, reason, source
 
     def __str__(self) -> str:
-        return f"record {self.record_id!r}: {self.reason}"
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}record {self.record_id!r}: {self.reason}"
 
 
 class Skip(NamedTuple):
@@ -331,24 +335,25 @@ def _record_id(record, index: int) -> str:
 
 
 def read_llava_json(path) -> list[dict]:
-    """A LLaVA JSON file (a list of objects) -> records, each ``id`` as str (the 665k file mixes
-    ints and strings; a record without id gets ``"#<index>"``)."""
+    """A LLaVA JSON file (a list of records) -> records, each object's ``id`` as str (the 665k
+    file mixes ints and strings; a record without id gets ``"#<index>"``). A file that cannot be
+    read as such a list raises :class:`InputError` naming it; a record that is not an object is
+    kept, to be skipped and counted like any bad record (:func:`_prepare`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LLaVA data file not found: {path}")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
+        raise InputError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
                          f"{e.colno} (char {e.pos})") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+        raise InputError(f"{path} is not UTF-8 text: {e}") from None
     if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records, got {type(records).__name__}")
+        raise InputError(f"{path} must hold a JSON list of records, got {type(records).__name__}")
     for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {i} is a {type(record).__name__}, not an object")
-        record["id"] = _record_id(record, i)
+        if isinstance(record, dict):
+            record["id"] = _record_id(record, i)
     return records
 
 
@@ -360,7 +365,7 @@ def _prepare(record, rid: str, stage: str, folder: str):
     ``"<image>\\n"`` (LLaVA's ``preprocess_multimodal``). A leading gpt turn is dropped (LLaVA).
     """
     if not isinstance(record, dict):
-        raise BadRecord(rid, "record is not a JSON object")
+        raise BadRecord(rid, f"record is a JSON {type(record).__name__}, not an object")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise BadRecord(rid, 'no "conversations" list')
@@ -423,7 +428,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         aspect = aspect or release_image_aspect(stage)  # None: the release's (crop in stage 1)
         if aspect not in IMAGE_ASPECTS or plain_style not in PLAIN_STYLES:
             raise ValueError(f"aspect must be one of {IMAGE_ASPECTS} and plain_style one of {PLAIN_STYLES}")
+        self.source = ""
         if isinstance(records_or_path, (str, Path)):
+            self.source = str(records_or_path)
             records_or_path = read_llava_json(records_or_path)
         self.records = records_or_path
         self.ids = [_record_id(r, i) for i, r in enumerate(self.records)]
@@ -439,7 +446,7 @@ class LlavaDataset(torch.utils.data.Dataset):
                 self.valid.append(i)
             except BadRecord as e:
                 if strict:
-                    raise
+                    raise BadRecord(e.record_id, e.reason + " (--strict stops here)", self.source) from None
                 self.problems.append((e.record_id, e.reason))
 
     def modality_lengths(self) -> tuple[list[int], list[bool]]:
@@ -461,7 +468,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             return self._load(self.records[i], self.ids[i])
         except BadRecord as e:
             if self.strict:
-                raise
+                raise BadRecord(e.record_id, e.reason + " (--strict stops here)", self.source) from None
             return Skip(e.record_id, e.reason)
 
     def _load(self, record, rid: str) -> dict:

@@ -9,7 +9,8 @@
   check) anywhere below ``main``; :func:`run_main` turns it into that line.
 * ``--debug`` (every entry point has it; :func:`add_debug_flag`) shows the traceback instead.
 
-Use in an entry point::
+Use in an entry point: build the parser with :class:`ArgumentParser` (argparse's, whose own
+errors are one line too), give every flag a type below or ``choices``, and end with::
 
     if __name__ == "__main__":
         sys.exit(run_main(main, prog="train.py"))
@@ -17,6 +18,7 @@ Use in an entry point::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -32,6 +34,20 @@ class InputError(Exception):
     exit_code = 1
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad command line is one line (argparse prints the usage first):
+    ``train.py: error: argument --batch-size: must be an integer >= 1, got '0'``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def brief(error: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to a page)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the full Python traceback on errors")
@@ -39,34 +55,42 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 def run_main(main, prog: str, argv: list[str] | None = None) -> int:
     """Call ``main(argv)``; turn a UsageError / InputError / known file error into one line on
-    stderr and its exit status, unless ``--debug`` is among the arguments."""
+    stderr and its exit status, unless ``--debug`` is among the arguments. Returns the exit
+    status (``main``'s own if it returns an int, else 0); argparse's exits become theirs."""
     args = sys.argv[1:] if argv is None else argv
-    if "--debug" in args:
-        result = main(argv)
-        return result if isinstance(result, int) else 0
     try:
         result = main(argv)
+    except SystemExit as e:  # argparse (2, its line already printed), --help (0), SystemExit("text")
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        error, line, code = e, f"error: {e.code}", 1
     except (UsageError, InputError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return result if isinstance(result, int) else 0
+        error, line, code = e, f"error: {e}", e.exit_code
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        error, line, code = e, f"error: {e}", 1
+    except KeyboardInterrupt as e:
+        error, line, code = e, "interrupted", 130
+    else:
+        return result if isinstance(result, int) else 0
+    if "--debug" in args:
+        raise error
+    print(f"{prog}: {line}", file=sys.stderr)
+    return code
 
 
 # ---------------------------------------------------------------- argparse value types
-def _number(kind, low=None, high=None, low_open=False, what=""):
+def _number(kind, low=None, high=None, low_open=False, high_open=False, what="", also=()):
+    """argparse type: a ``kind`` (int/float) in [low, high] (open ends as asked), finite, or one
+    of the special values ``also`` (e.g. -1 = "no limit")."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value != value or (low is not None and (value <= low if low_open else value < low)) or (
-                high is not None and value > high):
+        if value in also:
+            return value
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
+                high is not None and (value >= high if high_open else value > high)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
     parse.__name__ = what  # argparse names the type in its own messages
@@ -78,8 +102,32 @@ nonnegative_int = _number(int, 0, what="an integer >= 0")
 positive_float = _number(float, 0.0, low_open=True, what="a number > 0")
 nonnegative_float = _number(float, 0.0, what="a number >= 0")
 probability = _number(float, 0.0, 1.0, what="a number in [0, 1]")
+fraction = _number(float, 0.0, 1.0, high_open=True, what="a number in [0, 1)")
 
 
 def int_at_least(low: int):
     """argparse type: an integer >= ``low``."""
     return _number(int, low, what=f"an integer >= {low}")
+
+
+def positive_int_or(special: int, meaning: str):
+    """argparse type: an integer >= 1, or ``special`` (e.g. -1 meaning "use --epochs")."""
+    return _number(int, 1, also=(special,), what=f"an integer >= 1, or {special} ({meaning})")
+
+
+def device(text: str):
+    """argparse type: a torch device string (cpu, cuda, cuda:1, mps, ...) this machine has;
+    ``auto`` passes through for the caller to resolve."""
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be a device such as cpu, cuda or cuda:0, got {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device here (torch.cuda.is_available() is False)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return text

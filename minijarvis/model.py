@@ -110,7 +110,7 @@ class JarvisModel(nn.Module):
                                   nn.Linear(d_llm, d_llm))
         self.jepa_layer = cfg.jepa_layer or default_jepa_layer(num_layers, cfg.method)
         if self.jepa_layer > num_layers:
-            raise ValueError(f"jepa_layer {self.jepa_layer} > the LLM's {num_layers} layers")
+            raise ValueError(f"jepa_layer {self.jepa_layer} (--jepa-layer) > the LLM's {num_layers} layers")
         self.bidirectional_visual = cfg.resolved_bidirectional_visual()
         self.target_encoder = self.proj_tgt = self.z = self.sampler = None
         if self.uses_target_encoder:

@@ -22,7 +22,6 @@ The README pictures, which are also the goldens of tests/test_viz.py, come from
 """
 from __future__ import annotations
 
-import argparse
 import io
 import pathlib
 
@@ -276,12 +275,20 @@ def example_figures() -> dict[str, Figure]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Draw the example pictures (README figures, test goldens).")
+    from .errors import ArgumentParser, add_debug_flag
+
+    parser = ArgumentParser(prog="python -m minijarvis.viz",
+                            description="Draw the example pictures (README figures, test goldens).")
     parser.add_argument("--out-dir", required=True, help="folder for layout.png and attention.png; "
                         "tests/golden regenerates the goldens of tests/test_viz.py")
+    add_debug_flag(parser)
+    out_dir = pathlib.Path(parser.parse_args(argv).out_dir)
     for name, fig in example_figures().items():
-        print(save_figure(fig, pathlib.Path(parser.parse_args(argv).out_dir) / f"{name}.png"))
+        print(save_figure(fig, out_dir / f"{name}.png"))
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .errors import run_main
+    sys.exit(run_main(main, prog="python -m minijarvis.viz"))

@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
 import bench  # noqa: E402
 from minijarvis import bench_utils  # noqa: E402
+from minijarvis.errors import UsageError  # noqa: E402
 from minijarvis.bench_utils import (METHODS, instrumented, make_optimizer, method_view, mfu,  # noqa: E402
                                     peak_flops, prime_optimizer, synthetic_batch, train_flops, train_step)
 from minijarvis.measure import (LiveBytes, PartTimer, interleaved, is_oom, largest_fitting, median,  # noqa: E402
@@ -219,7 +220,7 @@ def test_cpu_defaults_keep_a_real_shape_run_to_its_steps():
     args = bench.parse_args(["--device", "cpu", "--threads", str(before)])
     bench.settle(args)
     assert (args.batch_size, args.steps, args.methods, args.stage2) == (8, 30, METHODS, True), "tiny: all of it"
-    with pytest.raises(SystemExit, match="warmup"):
+    with pytest.raises(UsageError, match="warmup"):
         bench.settle(bench.parse_args(["--device", "cpu", "--warmup", "0", "--threads", str(before)]))
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "0"])

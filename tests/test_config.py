@@ -61,3 +61,13 @@ def test_invalid_train_settings_say_what_is_allowed():
         TrainConfig(stage="pretrain").validate()
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0).validate()
+
+
+@pytest.mark.parametrize("text, why", [("{ nope", "not valid JSON"), ("[1, 2]", "not a minijarvis config"),
+                                       ('{"model": {"no_such_field": 1}}', "unknown model config fields"),
+                                       ('{"train": 3}', "must be a JSON object")])
+def test_a_damaged_config_is_an_input_error_naming_the_file(tmp_path, text, why):
+    from minijarvis.errors import InputError
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(InputError, match=f"config.json: .*{why}"):
+        load_config(tmp_path / "config.json")

@@ -11,6 +11,7 @@ from minijarvis.data import (IGNORE_INDEX, BadRecord, LlavaDataset, Skip, collat
                              encode_conversation, encode_prompt, expand2square, format_skips,
                              load_image, make_collate, read_llava_json, shortest_edge_size,
                              stop_token_ids, truncate_spliced)
+from minijarvis.errors import InputError
 from minijarvis.tokenizer import build_tokenizer
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's; pad colour int(m * 255) = (122, 116, 104)
@@ -127,14 +128,14 @@ def test_read_json_normalises_int_and_str_ids(tmp_path):
 def test_read_json_invalid_file_names_file_and_position(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('[{"id": 1,\n  "conversations": [}]')
-    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON.*line 2 column"):
+    with pytest.raises(InputError, match=r"broken\.json is not valid JSON.*line 2 column"):
         read_llava_json(path)
 
 
 def test_read_json_rejects_non_list(tmp_path):
     path = tmp_path / "obj.json"
     path.write_text('{"id": 1}')
-    with pytest.raises(ValueError, match="obj.json must hold a JSON list"):
+    with pytest.raises(InputError, match="obj.json must hold a JSON list"):
         read_llava_json(path)
 
 

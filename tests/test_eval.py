@@ -14,6 +14,7 @@ from PIL import Image
 
 import eval as evalpy
 from minijarvis import benchmarks as B
+from minijarvis.data import BadRecord
 from minijarvis.model import JarvisModel
 
 
@@ -119,6 +120,9 @@ class FakeModel:
 
 def run_main(monkeypatch, tmp_path, model, argv):
     monkeypatch.setattr(JarvisModel, "from_checkpoint", classmethod(lambda cls, d, **kw: model))
+    for part in ("config.json", "model.safetensors", "tokenizer"):  # what eval.py checks up front
+        (tmp_path / "ckpt").mkdir(exist_ok=True)
+        (tmp_path / "ckpt" / part).touch()
     return evalpy.main(["--checkpoint", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / "out")] + argv)
 
 
@@ -242,7 +246,7 @@ def test_missing_image_stops_naming_the_row_unless_skip_missing(monkeypatch, tmp
     (tmp_path / "mmvp" / "MMVP Images" / "3.jpg").unlink()
     args = ["--bench", "mmvp", "--bench-dir", str(tmp_path / "mmvp"), "--answer-mode", "generate"]
     model = FakeModel(replies={1: "A", 2: "B", 4: "B"})
-    with pytest.raises(SystemExit, match="record '3'.*3.jpg"):
+    with pytest.raises(BadRecord, match="record '3'.*3.jpg"):
         run_main(monkeypatch, tmp_path, model, args)
     res = run_main(monkeypatch, tmp_path, model, args + ["--skip-missing"])
     assert res["skipped_rows"] == [["3", "missing image"]]
@@ -254,7 +258,7 @@ def test_unreadable_image_is_skipped_and_counted_with_skip_missing(monkeypatch, 
     (tmp_path / "mmvp" / "MMVP Images" / "2.jpg").write_bytes(b"not a jpeg")
     args = ["--bench", "mmvp", "--bench-dir", str(tmp_path / "mmvp"), "--answer-mode", "generate"]
     model = FakeModel(replies={1: "A", 3: "A", 4: "B"})
-    with pytest.raises(SystemExit, match="record '2'.*cannot decode"):
+    with pytest.raises(BadRecord, match="record '2'.*cannot decode"):
         run_main(monkeypatch, tmp_path, model, args)
     res = run_main(monkeypatch, tmp_path, model, args + ["--skip-missing"])
     assert [s[0] for s in res["checkpoints"][0]["skipped_images"]] == ["2"]

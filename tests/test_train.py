@@ -80,6 +80,39 @@ def test_ctrl_c_checkpoints_the_step_and_resume_continues():
     assert losses("cut/log.jsonl") == losses("full/log.jsonl")
 
 
+def test_resume_refuses_a_changed_plan_and_accepts_the_same_one(capsys):
+    from minijarvis.errors import run_main
+    args = ["--stage", "align", *FAST, "--max-steps", "4", "--save-every", "2", "--output-dir", "cut"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(args, on_step=_crash_at(3))
+    capsys.readouterr()
+    assert run_main(train.main, "train.py", [*args, "--resume", "--max-steps", "6", "--lr", "5e-4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-steps 4 -> 6" in err and "--lr 0.001 -> 0.0005" in err, err
+    progress = json.loads(Path("cut/checkpoint/trainer.json").read_text())["progress"]
+    assert progress["step"] == 2, "a refused resume leaves the checkpoint as it was"
+    # The same plan, with the flags that change no result altered: accepted, and they apply.
+    assert train.main([*args, "--resume", "--save-every", "1", "--log-every", "1", "--threads", "1"]) == 0
+    assert [r["step"] for r in read_log("cut/log.jsonl")] == [1, 2, 3, 4]
+    assert json.loads(Path("cut/config.json").read_text())["train"]["save_every"] == 1
+
+
+def test_resume_refuses_another_process_count_or_planned_total(capsys):
+    from minijarvis.errors import InputError, UsageError
+    args = ["--stage", "align", *FAST, "--max-steps", "2", "--output-dir", "run"]
+    assert train.main(args) == 0
+    state = Path("run/checkpoint/trainer.json")
+    saved = json.loads(state.read_text())
+    assert train.main([*args, "--resume"]) == 0, "a finished run resumes to nothing"
+    assert "nothing left to train" in capsys.readouterr().out
+    for change, error, needle in (
+            ({"positions": saved["progress"]["positions"] * 2}, UsageError, "written by 2 processes"),
+            ({"total": 7}, InputError, "plan 2 optimizer steps, but run/checkpoint planned 7")):
+        state.write_text(json.dumps({**saved, "progress": {**saved["progress"], **change}}))
+        with pytest.raises(error, match=needle):
+            train.main([*args, "--resume"])
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(monkeypatch, capsys):
     from minijarvis.model import JarvisModel
     forward = JarvisModel.forward
@@ -149,7 +182,8 @@ def test_strict_stops_on_the_first_bad_record(tmp_path):
 def test_a_llava_file_that_is_not_json_is_named(tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text("{ this is not json")
-    with pytest.raises(ValueError, match="broken.json"):
+    from minijarvis.errors import InputError
+    with pytest.raises(InputError, match="broken.json"):
         train.main(["--stage", "align", "--data", str(bad), "--output-dir", "x"])
 
 
