@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add = p.add_argument
     add("--checkpoint", nargs="+", required=True, metavar="DIR", help="checkpoint folders (train.py outputs)")
     add("--target", action="append", required=True, metavar="SPEC",
-        help="target encoder: a preset (tiny-dinov2, dinov2-l, ...) or a timm model name; repeat for more")
+        help="target encoder: a preset (tiny-dinov2, dinov2-l, depth-anything-v2-l, ...) or key=value parts (name=..,encoder=<timm>,rule=tokens|pooled,blocks=4+11,weights=FILE); repeat for more")
     add("--layers", default="all", help="'all' (0 = input embeddings ... L) or a comma list like 0,2,4")
     add("--probe", choices=PROBES, default="linear",
         help="linear (default: one map per visual slot, cheap) or resampler (the paper's: learnable queries reading every token; ~50x the compute)")
@@ -87,6 +87,7 @@ def main(argv=None) -> dict:
     infos = [R.checkpoint_info(d, label) for d, label in zip(args.checkpoint, _labels(args.checkpoint))]
     targets = R.parse_targets(args.target)
     layers = R.parse_layers(args.layers, infos)
+    targets = [(name, spec, *R.stored_target(spec, infos)) for name, spec in targets]
     if args.images:
         Path(args.images).stat()  # a missing path: one line, before any work
     t0 = time.time()

@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 
 from . import probing as P
 from .checkpoint import CONFIG, WEIGHTS
-from .config import ENCODERS, load_config
+from .config import load_config
 from .data import encode_caption, encode_prompt, load_image, read_llava_json
 from .errors import InputError, UsageError
 from .runtime import set_cpu_threads
 from .shapes import DEFAULT_IMAGE_SIZE, render, scene_from_seed, scene_seed
+from .targets import TargetSpec, build_target, parse_target, resolve_layers
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROBE_SEEDS = 1 << 39  # scene indices >= this in the "bench" split: ShapesBench items stay below 2**34
@@ -83,40 +83,50 @@ def parse_layers(text: str, infos: list[CheckpointInfo]) -> dict[str, list[int]]
     return {i.path: layers for i in infos}
 
 
-# The target interface of minijarvis/targets.py (visper branch), until it lands here: a preset
-# (an ENCODERS key) or a plain timm name, token features of the last block with its final norm,
-# resized to the context grid (JARVIS's F_tgt rule).
-@dataclass(frozen=True)
-class _TargetSpec:
-    name: str
-    encoder: str
-    kwargs: dict
-    rule: str = "tokens"
-
-
-def parse_target(text: str) -> _TargetSpec:
-    if text in ENCODERS:
-        name, kwargs = ENCODERS[text]
-        return _TargetSpec(text, name, dict(kwargs))
-    if timm.is_model(text.split(".")[0]):
-        return _TargetSpec(text, text, {})
-    raise ValueError(f"unknown target {text!r}: give one of {', '.join(ENCODERS)} or a timm model name")
-
-
-def build_target(spec: _TargetSpec, image_size: int, grid: tuple[int, int]):
-    from .encoders import VisionEncoder
-    kwargs = {k: v for k, v in spec.kwargs.items() if k != "img_size"}
-    return VisionEncoder(spec.encoder, img_size=image_size, features="last", out_grid=grid, **kwargs)
-
-
-def parse_targets(texts: list[str]) -> list:
+def parse_targets(texts: list[str]) -> list[tuple[str, TargetSpec]]:
+    """(label, spec) per ``--target`` text (``targets.parse_target``: a preset or key=value parts)."""
     out = []
     for text in texts:
         try:
-            out.append(parse_target(text))
+            out.append((text, parse_target(text)))
         except ValueError as e:
             raise UsageError(f"--target: {e}") from None
     return out
+
+
+def stored_target(spec: TargetSpec, infos: list[CheckpointInfo]) -> tuple[dict | None, str]:
+    """A random-weight target (offline runs) is the network some checkpoint trained toward: the
+    F_tgt a JARVIS / nomask checkpoint stores, if its timm model is the spec's. Returns (its
+    state dict, that checkpoint's path), or (None, "") for pretrained targets and when no
+    checkpoint holds one; the caller then draws the weights from --seed, the same for all."""
+    if spec.pretrained or spec.weights:
+        return None, ""
+    from safetensors import safe_open
+    for info in infos:
+        cfg = load_config(Path(info.path) / CONFIG)["model"]
+        if cfg.tgt_encoder != spec.encoder or cfg.tgt_pretrained or cfg.tgt_weights:
+            continue
+        with safe_open(str(Path(info.path) / WEIGHTS), framework="pt") as f:
+            state = {k[len("target_encoder."):]: f.get_tensor(k) for k in f.keys() if k.startswith("target_encoder.")}
+        if state:
+            return state, info.path
+    return None, ""
+
+
+def load_target(spec: TargetSpec, state: dict | None, source: str, image_size: int, grid, seed: int):
+    """The target encoder for one checkpoint, and where its weights came from (a line for the JSON)."""
+    with torch.random.fork_rng(devices=[]):  # random timm weights: the same on every run
+        torch.manual_seed(seed)
+        encoder = build_target(spec, image_size, grid)
+    if spec.pretrained or spec.weights:
+        return encoder, spec.weights or "pretrained (timm hub)"
+    if state is not None:
+        try:
+            encoder.load_state_dict(state)
+            return encoder, f"random, as stored in {source}"
+        except RuntimeError:  # another resolution or shape: fall back to the seeded weights
+            pass
+    return encoder, f"random, seed {seed}"
 
 
 # ---------------------------------------------------------------- images and prompts
@@ -167,14 +177,13 @@ def prompt_ids(model, stage: str, plain_style: str) -> list[int]:
 
 def method_layers(model) -> list[int]:
     """The layers the checkpoint's method trained on: JARVIS / nomask / VIRAL's layer j, or the
-    config field ``<method>_layers`` if it has one (a list, or a dict of lists per task, as
-    VisPer-LM's); none for LLaVA."""
+    union of VisPer-LM's layers over its targets (``targets.resolve_layers``); none for LLaVA."""
     cfg = model.cfg
     if cfg.method in ("jarvis", "nomask", "viral"):
         return [int(model.jepa_layer)]
-    value = getattr(cfg, f"{cfg.method}_layers", None) or []
-    values = value.values() if isinstance(value, dict) else [value]
-    return sorted({int(l) for v in values for l in (v if isinstance(v, (list, tuple)) else [v])})
+    num_layers = model.llm.config.get_text_config().num_hidden_layers
+    specs = [parse_target(t) for t in getattr(cfg, "visper_targets", ())] if cfg.method == "visper" else []
+    return sorted({layer for spec in specs for layer in resolve_layers(spec, num_layers)})
 
 
 # ---------------------------------------------------------------- one checkpoint
@@ -196,8 +205,10 @@ def probe_checkpoint(info: CheckpointInfo, layers: list[int], targets: list, ite
                                              desc=f"{info.label} forward")
     t_forward = time.time() - t0
     rows, baselines = [], {}
-    for spec in targets:
-        encoder = build_target(spec, model.image_size, model.grid).to(device)
+    sources = {}
+    for name, spec, state, stored_in in targets:
+        encoder, sources[name] = load_target(spec, state, stored_in, model.image_size, model.grid, args.seed)
+        encoder.to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             y = torch.cat([encoder(images[s:s + args.batch_size].to(device)).float().cpu()
                            for s in range(0, len(images), args.batch_size)])
@@ -205,18 +216,18 @@ def probe_checkpoint(info: CheckpointInfo, layers: list[int], targets: list, ite
         probes = P.make_probes(args.probe, len(layers), hidden.shape[-1], y.shape[-1], y.shape[1],
                                args.seed, args.probe_width)
         P.train_probes(probes, args.probe, hidden[:n_train], y[:n_train], visual, args.steps, args.batch_size,
-                       args.seed, args.lr, device, desc=f"{info.label} {spec.name} probes")
+                       args.seed, args.lr, device, desc=f"{info.label} {name} probes")
         scores = P.score_probes(probes, args.probe, hidden[n_train:], y[n_train:], visual, args.batch_size, device)
         base = P.baseline_scores(y[:n_train], y[n_train:])
         for metric in P.METRICS:
             mean, lo, hi = P.bootstrap(scores[metric], args.bootstrap, args.seed)
-            rows += [dict(target=spec.name, layer=l, metric=metric, mean=float(mean[k]), lo=float(lo[k]),
+            rows += [dict(target=name, layer=l, metric=metric, mean=float(mean[k]), lo=float(lo[k]),
                           hi=float(hi[k])) for k, l in enumerate(layers)]
             bm, blo, bhi = P.bootstrap(base[metric][None], args.bootstrap, args.seed)
-            baselines.setdefault(spec.name, {})[metric] = dict(mean=float(bm[0]), lo=float(blo[0]), hi=float(bhi[0]))
+            baselines.setdefault(name, {})[metric] = dict(mean=float(bm[0]), lo=float(blo[0]), hi=float(bhi[0]))
     result = dict(label=info.label, path=info.path, method=info.method, stage=info.stage,
                   num_layers=info.num_layers, method_layers=method_layers(model), layers=layers,
-                  rows=rows, baseline=baselines, seconds=dict(forward=round(t_forward, 2),
+                  rows=rows, baseline=baselines, target_weights=sources, seconds=dict(forward=round(t_forward, 2),
                                                               total=round(time.time() - t0, 2)))
     del model, hidden
     return result
