@@ -31,7 +31,7 @@ import torch
 
 from minijarvis import probe_report
 from minijarvis import probe_run as R
-from minijarvis.errors import add_debug_flag, nonnegative_int, positive_float, positive_int, run_main
+from minijarvis.errors import UsageError, add_debug_flag, nonnegative_int, positive_float, positive_int, run_main
 from minijarvis.probing import PROBES
 
 
@@ -90,6 +90,8 @@ def main(argv=None) -> dict:
     targets = [(name, spec, *R.stored_target(spec, infos)) for name, spec in targets]
     if args.images:
         Path(args.images).stat()  # a missing path: one line, before any work
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
     t0 = time.time()
     items = R.probe_images(args.images, args.image_folder, args.limit, args.seed)
     n_train, n_test = R.split_sizes(len(items), args.test_fraction)

@@ -60,7 +60,11 @@ def checkpoint_info(directory: str, label: str) -> CheckpointInfo:
 def _num_layers(cfg) -> int:
     if cfg.llm_pretrained:  # a local directory or hub id: its config.json only
         from transformers import AutoConfig
-        return AutoConfig.from_pretrained(cfg.llm_name).get_text_config().num_hidden_layers
+        try:
+            return AutoConfig.from_pretrained(cfg.llm_name).get_text_config().num_hidden_layers
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read the config of the checkpoint's LLM {cfg.llm_name!r}: "
+                             f"{str(e).splitlines()[0]}") from None
     return int(cfg.llm_arch.get("num_hidden_layers", cfg.llm_arch.get("text_config", {}).get("num_hidden_layers")))
 
 

@@ -182,8 +182,12 @@ def test_every_llm_family(family, tmp_path):
     ("bad-layers", 2, "--layers must be 'all' or a comma list"),
     ("bad-fraction", 2, "argument --test-fraction: must be a number in (0, 1)"),
     ("missing-images", 1, "no-such-folder"),
+    ("no-cuda", 2, "--device cuda: no CUDA device"),
 ])
 def test_bad_input_fails_before_any_work(case, code, message, checkpoints, tmp_path, capsys, monkeypatch):
+    if case == "no-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the input was checked")
     monkeypatch.setattr(JarvisModel, "from_checkpoint", no_work)
@@ -194,7 +198,8 @@ def test_bad_input_fails_before_any_work(case, code, message, checkpoints, tmp_p
         argv[1] = str(tmp_path / "empty")
     extra = {"unknown-target": ["--target", "no-such-encoder"], "layer-out-of-range": ["--layers", "0,9"],
              "bad-layers": ["--layers", "two"], "bad-fraction": ["--test-fraction", "1.5"],
-             "missing-images": ["--images", str(tmp_path / "no-such-folder")]}.get(case, [])
+             "missing-images": ["--images", str(tmp_path / "no-such-folder")],
+             "no-cuda": ["--device", "cuda"]}.get(case, [])
     argv += extra
     if code == 2 and case == "bad-fraction":
         with pytest.raises(SystemExit) as e:
