@@ -77,15 +77,9 @@ class VisionEncoder(nn.Module):
         Runs in the encoder's parameter dtype (autocast applies if active); returns the
         autocast dtype under autocast, else the dtype of ``images``.
         """
-        size = self.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"{self.name} expects images [B,3,{size},{size}], got {tuple(images.shape)}")
-        kind = images.device.type
-        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
-        out_dtype = torch.get_autocast_dtype(kind) if autocast else images.dtype
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        x = ((images.float() - mean) / std).to(next(self.model.parameters()).dtype)
+        check_images(images, self.image_size, self.name)
+        out_dtype = output_dtype(images)
+        x = normalize(images, self.mean, self.std).to(next(self.model.parameters()).dtype)
         # timm drops the prefix tokens here (return_prefix_tokens=False); stop_early skips the
         # blocks after ``layer``, whose outputs are never used; norm=True applies the final norm.
         (tokens,) = self.model.forward_intermediates(
@@ -94,6 +88,26 @@ class VisionEncoder(nn.Module):
         if self.grid != self.native_grid:
             tokens = resize_token_grid(tokens, self.native_grid, self.grid)
         return tokens.to(out_dtype)
+
+
+def check_images(images: torch.Tensor, size: int, name: str) -> None:
+    """Raise a clear error unless ``images`` is [B, 3, size, size]."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+        raise ValueError(f"{name} expects images [B,3,{size},{size}], got {tuple(images.shape)}")
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(images - mean) / std per channel, in float32: each encoder applies its own statistics."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
+
+
+def output_dtype(images: torch.Tensor) -> torch.dtype:
+    """The dtype an encoder returns: autocast's if active, else the dtype of ``images``."""
+    kind = images.device.type
+    autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+    return torch.get_autocast_dtype(kind) if autocast else images.dtype
 
 
 def resize_token_grid(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
@@ -115,17 +129,20 @@ def build_context_encoder(cfg: ModelConfig) -> VisionEncoder:
                          norm=norm, **cfg.ctx_kwargs)
 
 
-def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int]) -> VisionEncoder:
-    """F_tgt from ``cfg.tgt_*``, built to run at ``image_size`` (F_ctx's resolution); last layer
-    with its final norm, prefix tokens dropped, resized bilinearly to ``grid`` if needed."""
+def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int]):
+    """JARVIS's F_tgt from ``cfg.tgt_*``: a target (``targets.py``) with the tokens rule at the
+    last block (final-normed, prefix tokens dropped), run at ``image_size`` (F_ctx's resolution)
+    and resized bilinearly to ``grid`` if needed. VisPer-LM's targets share this implementation."""
+    from .targets import TargetEncoder, TargetSpec  # targets.py builds on this module
     kwargs = dict(cfg.tgt_kwargs)
     given = kwargs.pop("img_size", image_size)
     if given not in (image_size, (image_size, image_size), [image_size, image_size]):
         raise ValueError(f"tgt_kwargs img_size={given} conflicts with the context resolution "
                          f"{image_size}: the target encoder always runs at the context resolution; "
                          "drop img_size from tgt_kwargs")
-    return VisionEncoder(cfg.tgt_encoder, cfg.tgt_pretrained, cfg.tgt_weights, img_size=image_size,
-                         layer=-1, norm=True, out_grid=grid, **kwargs)
+    spec = TargetSpec(name="tgt", encoder=cfg.tgt_encoder, rule="tokens", blocks=(-1,),
+                      kwargs=kwargs, weights=cfg.tgt_weights, pretrained=cfg.tgt_pretrained)
+    return TargetEncoder(spec, image_size, grid)
 
 
 class _MissingKeys(logging.Handler):
@@ -143,7 +160,7 @@ class _MissingKeys(logging.Handler):
 
 
 def _create_model(name: str, pretrained: bool, weights: str, kwargs: dict) -> nn.Module:
-    kwargs = dict(kwargs, num_classes=0)  # patch tokens only: no classifier head
+    kwargs = dict(dict(num_classes=0), **kwargs)  # patch tokens only (a pooled target keeps its head)
     if not weights:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     path = Path(weights).expanduser()

@@ -1,0 +1,255 @@
+"""Per-layer probes: how well does LLM layer l encode what a target encoder sees? (VISPER.md §9)
+
+For a frozen checkpoint, ONE LLM forward per batch of images records the hidden states of every
+probed layer (forward hooks; layer 0 = the input embeddings, layer l = output of decoder layer
+l, before any final norm, as HF ``hidden_states[l]`` except the last). The probes of all layers
+then train together on those cached activations, as one batched op over a leading layer axis P:
+
+    images --prepare_inputs--> LLM + hooks --> H [n, P, T, d]   (bf16 cache, CPU)
+    images --target encoder--------------->   Y [n, M, D]       (M = H*W tokens, or 1 pooled)
+    probe_p(H[:, p]) ~ Y, smooth-L1 (beta 1), on the probe-train images
+    per probe-test image:  flat  = cos(flatten(pred), flatten(Y))      (the paper's score)
+                           token = mean over tokens of cos(pred_t, Y_t)
+    mean over images with a seeded 95% bootstrap interval
+
+Probes (both trained the same way; they differ only in what they can read):
+* ``resampler`` (the paper's, VISPER.md §5): a one-block Perceiver resampler with M learnable
+  queries of its own, reading every token of the layer (image slots and prompt text).
+* ``linear``: one affine map per visual slot, Y_t = W h_t + b (the classic probe); a pooled
+  target is read from the mean of the visual slots.
+
+A probe that only learned the average target already scores well when the targets share a
+common direction, so :func:`baseline_scores` gives the score of that "mean predictor": a layer
+is informative by how far it rises above it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .runtime import cosine_lr
+
+PROBES = ("resampler", "linear")
+METRICS = ("flat", "token")
+
+
+# ---------------------------------------------------------------- probes, batched over layers
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last axis with a separate affine per probe: x [P, ..., C], weight [P, C]."""
+    shape = (weight.shape[0],) + (1,) * (x.ndim - 2) + (weight.shape[1],)
+    return F.layer_norm(x, x.shape[-1:]) * weight.view(shape) + bias.view(shape)
+
+
+def _param(generator: torch.Generator, *shape: int, std: float) -> nn.Parameter:
+    return nn.Parameter(torch.randn(*shape, generator=generator) * std)
+
+
+class LinearProbes(nn.Module):
+    """P independent affine maps d_in -> d_out, applied per token: [P, B, N, d_in] -> [P, B, N, d_out]."""
+
+    def __init__(self, num: int, d_in: int, d_out: int, generator: torch.Generator):
+        super().__init__()
+        self.weight = _param(generator, num, d_in, d_out, std=d_in ** -0.5)
+        self.bias = nn.Parameter(torch.zeros(num, d_out))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("pbnd,pde->pbne", h, self.weight) + self.bias[:, None, None]
+
+
+class ResamplerProbes(nn.Module):
+    """P independent one-block Perceiver resamplers (VISPER.md §5), [P, B, T, d_in] -> [P, B, M, d_out].
+
+    Per probe: x = proj_in(h); q = the probe's M queries; q += Attn(LN(q), LN([x, q]));
+    q += FFN(q) (LN -> Linear -> GELU -> Linear, multiplier 1, no biases); out = LN(proj_out(q)).
+    ``heads`` x ``head_dim`` = 4 x 32 as the paper's predictor. The queries live in the
+    resampler's width (the paper keeps them in d_llm and applies proj_in: the same family).
+    """
+
+    def __init__(self, num: int, d_in: int, d_out: int, queries: int, generator: torch.Generator,
+                 width: int = 256, heads: int = 4, head_dim: int = 32):
+        super().__init__()
+        inner, g = heads * head_dim, generator
+        self.heads, self.head_dim = heads, head_dim
+        self.w_in, self.b_in = _param(g, num, d_in, width, std=d_in ** -0.5), nn.Parameter(torch.zeros(num, width))
+        self.queries = _param(g, num, queries, width, std=1.0)
+        self.w_q = _param(g, num, width, inner, std=width ** -0.5)
+        self.w_kv = _param(g, num, width, 2 * inner, std=width ** -0.5)
+        self.w_o = _param(g, num, inner, width, std=inner ** -0.5)
+        self.w_1 = _param(g, num, width, width, std=width ** -0.5)
+        self.w_2 = _param(g, num, width, width, std=width ** -0.5)
+        self.w_out = _param(g, num, width, d_out, std=width ** -0.5)
+        self.b_out = nn.Parameter(torch.zeros(num, d_out))
+        for name, dim in (("ln_x", width), ("ln_q", width), ("ln_ff", width), ("ln_out", d_out)):
+            setattr(self, name + "_w", nn.Parameter(torch.ones(num, dim)))
+            setattr(self, name + "_b", nn.Parameter(torch.zeros(num, dim)))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [P, B, L, H*hd] -> [P*B, H, L, hd]
+        p, b, length, _ = t.shape
+        return t.reshape(p * b, length, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        p, b = h.shape[:2]
+        x = torch.einsum("pbtd,pdw->pbtw", h, self.w_in) + self.b_in[:, None, None]
+        # The queries are the same for every image until the attention: their norm, their
+        # attention query and their own key/value are computed once per probe, not per image.
+        qn = _layer_norm(self.queries, self.ln_q_w, self.ln_q_b)  # [P, Q, W]
+        q_kv = torch.einsum("pqw,pwi->pqi", qn, self.w_kv)[:, None].expand(-1, b, -1, -1)
+        x_kv = torch.einsum("pbtw,pwi->pbti", _layer_norm(x, self.ln_x_w, self.ln_x_b), self.w_kv)
+        k, v = torch.cat([x_kv, q_kv], dim=2).chunk(2, dim=-1)
+        query = torch.einsum("pqw,pwi->pqi", qn, self.w_q)[:, None].expand(-1, b, -1, -1)
+        attn = F.scaled_dot_product_attention(self._heads(query), self._heads(k), self._heads(v))
+        attn = attn.transpose(1, 2).reshape(p, b, self.queries.shape[1], -1)
+        q = self.queries[:, None] + torch.einsum("pbqi,piw->pbqw", attn, self.w_o)
+        ff = F.gelu(torch.einsum("pbqw,pwv->pbqv", _layer_norm(q, self.ln_ff_w, self.ln_ff_b), self.w_1))
+        q = q + torch.einsum("pbqv,pvw->pbqw", ff, self.w_2)
+        out = torch.einsum("pbqw,pwe->pbqe", q, self.w_out) + self.b_out[:, None, None]
+        return _layer_norm(out, self.ln_out_w, self.ln_out_b)
+
+
+def make_probes(kind: str, num: int, d_in: int, d_out: int, queries: int, seed: int,
+                width: int = 256) -> nn.Module:
+    """``num`` probes of ``kind`` (see :data:`PROBES`), initialised from ``seed``."""
+    if kind not in PROBES:
+        raise ValueError(f"probe must be one of {', '.join(PROBES)}; got {kind!r}")
+    g = torch.Generator().manual_seed(seed)
+    if kind == "linear":
+        return LinearProbes(num, d_in, d_out, g)
+    return ResamplerProbes(num, d_in, d_out, queries, g, width=width)
+
+
+def probe_inputs(kind: str, hidden: torch.Tensor, visual: slice, num_targets: int) -> torch.Tensor:
+    """What a probe reads from cached states [B, P, T, d] -> [P, B, ., d]: every token
+    (resampler); the visual slots (linear), or their mean for a pooled target (M = 1)."""
+    h = hidden.transpose(0, 1)
+    if kind == "resampler":
+        return h
+    h = h[:, :, visual]
+    if num_targets == 1:
+        return h.mean(2, keepdim=True)
+    if num_targets != h.shape[2]:
+        raise ValueError(f"a linear probe maps slot t to target token t: {h.shape[2]} visual slots "
+                         f"but {num_targets} target tokens (resize the target to the context grid)")
+    return h
+
+
+# ---------------------------------------------------------------- training and scores
+def train_probes(probes: nn.Module, kind: str, hidden: torch.Tensor, targets: torch.Tensor, visual: slice,
+                 steps: int, batch_size: int, seed: int, lr: float = 1e-3, device="cpu",
+                 desc: str = "probes") -> list[float]:
+    """Fit all layers' probes at once on cached ``hidden`` [n, P, T, d] and ``targets`` [n, M, D]:
+    AdamW, cosine schedule, smooth-L1 (beta 1) summed over probes (each probe's gradient is its
+    own loss's). Batches of images drawn from ``seed``. Returns the mean loss per step."""
+    probes.to(device).train()
+    opt = torch.optim.AdamW(probes.parameters(), lr=lr, weight_decay=0.0)
+    g, n, losses = torch.Generator().manual_seed(seed), hidden.shape[0], []
+    for step in tqdm(range(steps), desc=desc, unit="step", leave=False):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr)
+        idx = torch.randperm(n, generator=g)[:batch_size]
+        pred = probes(probe_inputs(kind, hidden[idx].to(device).float(), visual, targets.shape[1]))
+        y = targets[idx].to(device).float()
+        loss = F.smooth_l1_loss(pred, y.expand_as(pred), reduction="none").flatten(1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        losses.append(float(loss.detach().mean()))
+    return losses
+
+
+def cosine_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image scores of predictions [..., B, M, D] against targets [B, M, D]: ``flat`` =
+    cosine of the flattened [M*D] vectors (VisPer-LM's), ``token`` = mean over the M tokens of
+    the per-token cosine. Each [..., B]."""
+    target = target.expand_as(pred)
+    flat = F.cosine_similarity(pred.flatten(-2), target.flatten(-2), dim=-1)
+    token = F.cosine_similarity(pred, target, dim=-1).mean(-1)
+    return {"flat": flat, "token": token}
+
+
+@torch.no_grad()
+def score_probes(probes: nn.Module, kind: str, hidden: torch.Tensor, targets: torch.Tensor,
+                 visual: slice, batch_size: int, device="cpu") -> dict[str, torch.Tensor]:
+    """Scores of every probe on every image of ``hidden`` / ``targets``: metric -> [P, n]."""
+    probes.to(device).eval()
+    parts = []
+    for start in range(0, hidden.shape[0], batch_size):
+        h, y = hidden[start:start + batch_size].to(device).float(), targets[start:start + batch_size].to(device).float()
+        parts.append(cosine_scores(probes(probe_inputs(kind, h, visual, y.shape[1])), y))
+    return {m: torch.cat([p[m] for p in parts], dim=1).cpu() for m in METRICS}
+
+
+def baseline_scores(train_targets: torch.Tensor, test_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Scores of the 'mean predictor' (the probe-train images' mean target, whatever the layer):
+    the level a probe reaches without reading anything. metric -> [n_test]."""
+    mean = train_targets.float().mean(0, keepdim=True)
+    return cosine_scores(mean.expand_as(test_targets), test_targets.float())
+
+
+def bootstrap(scores: torch.Tensor, resamples: int = 1000, seed: int = 0,
+              level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over the last axis of ``scores`` [..., n] and its percentile bootstrap interval:
+    ``resamples`` draws of n images with replacement (from ``seed``, the same draws for every
+    row). Returns (mean, lo, hi), each [...]."""
+    n = scores.shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (resamples, n), generator=g)
+    means = scores.double()[..., idx].mean(-1)  # [..., resamples]
+    alpha = (1.0 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=means.dtype), dim=-1)
+    return scores.double().mean(-1), lo, hi
+
+
+# ---------------------------------------------------------------- hidden states, one forward
+@torch.no_grad()
+def collect_hidden_states(model, images: torch.Tensor, prompt_ids: list[int], layers: list[int],
+                          batch_size: int, device="cpu", bf16: bool = False,
+                          desc: str = "hidden states") -> tuple[torch.Tensor, slice]:
+    """Hidden states of ``layers`` for every image, ONE LLM forward per batch.
+
+    ``images`` [n, 3, S, S] in [0, 1]; every row gets the same ``prompt_ids`` (one ``<image>``
+    token), spliced and masked as in training (``model.prepare_inputs``, unmasked). Layer 0 is
+    the input embeddings, layer l the output of decoder layer l (a forward hook each).
+    Returns (H [n, P, T, d] bfloat16 on the CPU, the slice of the visual slots in T).
+    """
+    device = torch.device(device)
+    wanted = {l: k for k, l in enumerate(layers)}
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [model.llm.model.layers[l - 1].register_forward_hook(
+        lambda mod, inp, out, l=l: seen.__setitem__(l, out[0] if isinstance(out, tuple) else out))
+        for l in wanted if l > 0]
+    ids = torch.tensor(prompt_ids)
+    chunks, visual = [], None
+    try:
+        for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, unit="batch", leave=False):
+            imgs = images[start:start + batch_size].to(device)
+            b = imgs.shape[0]
+            batch = dict(input_ids=ids.expand(b, -1).to(device), labels=torch.full((b, len(ids)), -100, device=device),
+                         attention_mask=torch.ones(b, len(ids), dtype=torch.long, device=device), images=imgs)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                x = model.prepare_inputs(batch)
+                seen[0] = x["embeds"]
+                model.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"],
+                                position_ids=x["positions"], use_cache=False)
+            start_slot = int(x["image_start"][0])
+            visual = slice(start_slot, start_slot + model.num_visual)
+            chunks.append(torch.stack([seen[l].to("cpu", torch.bfloat16) for l in layers], dim=1))
+            seen.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.cat(chunks), visual
+
+
+def cache_bytes(num_images: int, num_layers: int, tokens: int, width: int) -> int:
+    """Size of the bf16 hidden-state cache, to print before the work starts."""
+    return 2 * num_images * num_layers * tokens * width
+
+
+def human_bytes(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    k = min(len(units) - 1, int(math.log(max(n, 1), 1024)))
+    return f"{n / 1024 ** k:.1f} {units[k]}"
