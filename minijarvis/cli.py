@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .config import (ENCODERS, LLAVA_STAGE_DEFAULTS, METHODS, PRESETS, STAGES, MaskConfig,
-                     TrainConfig, load_config, preset)
+from .config import (ENCODERS, LLAVA_STAGE_DEFAULTS, METHODS, PRESETS, STAGES, TRACKERS,
+                     MaskConfig, TrainConfig, load_config, preset)
 from .data import LlavaDataset, make_collate
 from .model import JarvisModel
 from .runtime import DistInfo, print0
@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     i.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints (0: only at the end)")
     i.add_argument("--threads", type=int, default=0, help="CPU threads (0: one for small models, torch's default otherwise)")
     i.add_argument("--log-every", type=int, default=1, help="optimizer steps between log lines")
+    i.add_argument("--report-to", choices=TRACKERS, default="none", help="also send log.jsonl's scalars and the config to this tracker (wandb: offline unless WANDB_MODE is set)")
     args = p.parse_args(argv)
     if args.stage == "finetune" and not (args.init or args.resume) and args.preset == "tiny" and not args.llm:
         p.error("--stage finetune needs --init <stage-1 output dir> (or --resume)")
@@ -133,7 +134,8 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
                       max_grad_norm=args.max_grad_norm, seed=args.seed, bf16=args.bf16,
                       gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
                       log_every=args.log_every, num_workers=args.num_workers, strict=args.strict,
-                      plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank)
+                      plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank,
+                      report_to=args.report_to)
     cfg.validate()
     return cfg
 

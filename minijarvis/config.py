@@ -20,6 +20,7 @@ STAGES = ("align", "finetune")
 DISTANCES = ("cosine", "smooth_l1")
 ATTN_IMPLS = ("auto", "sdpa", "eager", "flex_attention")
 IMAGE_ASPECTS = ("pad", "resize")
+TRACKERS = ("none", "tensorboard", "wandb")  # --report-to (minijarvis.trackers)
 
 
 @dataclass
@@ -123,10 +124,12 @@ class TrainConfig:
     strict: bool = False  # stop on the first bad record instead of skipping and counting it
     plain_style: str = "release"  # stage-1 template: release (no BOS/"\n") or llava (BOS, "\n")
     lambda_per_rank: bool = False  # release: each rank draws the lambda coin on its own
+    report_to: str = "none"  # experiment tracker: none, tensorboard or wandb (minijarvis.trackers)
 
     def validate(self) -> None:
         _choice("stage", self.stage, STAGES)
         _choice("plain_style", self.plain_style, ("release", "llava"))
+        _choice("report_to", self.report_to, TRACKERS)
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
