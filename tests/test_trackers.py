@@ -99,3 +99,10 @@ def test_flat_hparams_keep_scalars_and_write_the_rest_as_json():
     assert flat["train.lr"] == 1e-3 and flat["train.bf16"] is False and flat["stage"] == "align"
     assert flat["grid"] == "[12, 12]"
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+
+
+def test_importing_train_loads_no_tracker_package():
+    code = ("import sys, train, minijarvis.trackers; "
+            "print(sorted(m for m in ('wandb', 'tensorboard', 'torch.utils.tensorboard') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
