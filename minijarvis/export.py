@@ -23,13 +23,16 @@ What goes where (the architecture is LLaVA's, so nothing is approximated):
 * The image processor does what ``data.load_image`` does: pad to a square in F_ctx's mean
   colour (``do_pad``), or resize, or CLIP's resize + centre crop; bicubic to the input size;
   F_ctx's normalisation. ``backend="pil"`` reproduces minijarvis's pixels exactly.
-* Generation stops where minijarvis's does (the template's end-of-turn marker and EOS).
+* VisPer-LM's task tokens become extra vocabulary entries ``<task_{target}_{i}>`` whose
+  embeddings are the tokens; the chat template puts them right after each image, where
+  minijarvis splices them (a prompt built without the template must write them itself).
+* Generation stops where minijarvis's does (the template's end-of-turn marker and EOS), and
+  never emits the added ids.
 
 Refused, not silently changed: bidirectional visual attention (JARVIS's release default; HF
 LLaVA is causal) unless ``--allow-causal``, which then measures what causal attention costs on
-ShapesBench; methods whose checkpoints hold parts LLaVA has no place for (VisPer-LM's task
-tokens); encoders other than CLIP / SigLIP ViTs. tests/test_export.py checks equal logits and
-greedy tokens.
+ShapesBench; methods with parts LLaVA has no place for; encoders other than CLIP / SigLIP ViTs.
+tests/test_export.py checks equal ids, pixels, logits and greedy tokens.
 """
 from __future__ import annotations
 
@@ -43,23 +46,35 @@ import torch
 from . import hf_vision
 from .errors import InputError, UsageError, add_debug_flag, positive_int, run_main
 
-EXPORTABLE_METHODS = ("jarvis", "llava", "nomask", "viral")  # inference = LLaVA's architecture
+EXPORTABLE_METHODS = ("jarvis", "llava", "nomask", "viral", "visper")  # inference = LLaVA's
 # Content lists (transformers' multimodal messages) -> the plain strings minijarvis's template
-# renders: an image item becomes "<image>\n" (data.encode_prompt puts it before the question).
+# renders: an image item becomes "<image>\n" (data.encode_prompt puts it before the question),
+# followed by VisPer-LM's task tokens where the model has them (IMAGE is "<image>" + those).
 CONTENT_TO_TEXT = (
     "{% set _mj = namespace(messages=[]) %}{% for _m in messages %}"
-    "{% if _m['content'] is string %}{% set _text = _m['content'] %}"
+    "{% if _m['content'] is string %}{% set _text = _m['content'] | replace('<image>', 'IMAGE') %}"
     "{% else %}{% set _t = namespace(s='') %}{% for _c in _m['content'] %}"
-    "{% if _c['type'] == 'image' %}{% set _t.s = _t.s + '<image>\\n' %}"
+    "{% if _c['type'] == 'image' %}{% set _t.s = _t.s + 'IMAGE\\n' %}"
     "{% elif _c['type'] == 'text' %}{% set _t.s = _t.s + _c['text'] %}{% endif %}"
     "{% endfor %}{% set _text = _t.s %}{% endif %}"
     "{% set _mj.messages = _mj.messages + [{'role': _m['role'], 'content': _text}] %}"
     "{% endfor %}{% set messages = _mj.messages %}")
 
 
-def llava_chat_template(template: str) -> str:
-    """``template`` (a checkpoint tokenizer's) accepting transformers' content lists too."""
-    return CONTENT_TO_TEXT + template
+def llava_chat_template(template: str, task_tokens: list[str] = ()) -> str:
+    """``template`` (a checkpoint tokenizer's) accepting transformers' content lists too; every
+    image is followed by ``task_tokens`` (VisPer-LM), as minijarvis splices them."""
+    return CONTENT_TO_TEXT.replace("IMAGE", "<image>" + "".join(task_tokens)) + template
+
+
+def task_token_names(model) -> list[str]:
+    """Vocabulary entries for VisPer-LM's task tokens (none for other methods), in sequence
+    order: ``<task_{target}_{i}>``."""
+    tokens = getattr(model, "task_tokens", None)
+    if tokens is None:
+        return []
+    per = tokens.count // len(tokens.names)
+    return [f"<task_{name}_{i}>" for name in tokens.names for i in range(per)]
 
 
 def context_features(cfg) -> tuple[int, bool]:
@@ -108,9 +123,17 @@ def image_processor(model, aspect: str):
 
 
 def exported_tokenizer(model):
-    """A copy of the tokenizer that adds no special tokens by itself and takes content lists."""
+    """A copy of the tokenizer that adds no special tokens by itself, takes content lists, and
+    knows VisPer-LM's task tokens as special tokens (placed after each image by the template)."""
+    from tokenizers import AddedToken
+
     tok = copy.deepcopy(model.tokenizer)
-    tok.chat_template = llava_chat_template(tok.chat_template)
+    tasks = task_token_names(model)
+    if tasks:
+        tok.add_special_tokens({"extra_special_tokens": [AddedToken(t, special=True, normalized=False)
+                                                         for t in tasks]},
+                               replace_extra_special_tokens=False)
+    tok.chat_template = llava_chat_template(tok.chat_template, tasks)
     for flag in ("add_bos_token", "add_eos_token"):
         if hasattr(tok, flag):
             setattr(tok, flag, False)
@@ -122,9 +145,10 @@ def exported_tokenizer(model):
     return tok
 
 
-def llava_state_dict(model, vocab: int) -> dict[str, torch.Tensor]:
+def llava_state_dict(model, vocab: int, task_ids: list[int] = ()) -> dict[str, torch.Tensor]:
     """Every tensor under LlavaForConditionalGeneration's names; the LLM's embedding table (and
-    an untied LM head) grown with zero rows to ``vocab`` entries."""
+    an untied LM head) grown with zero rows to ``vocab`` entries; the embedding rows of
+    ``task_ids`` hold VisPer-LM's task tokens."""
     state = {f"model.vision_tower.{k}": v for k, v in hf_vision.vision_state_dict(model.context_encoder).items()}
     for i, name in ((0, "linear_1"), (2, "linear_2")):
         state[f"model.multi_modal_projector.{name}.weight"] = model.proj[i].weight.detach()
@@ -136,6 +160,8 @@ def llava_state_dict(model, vocab: int) -> dict[str, torch.Tensor]:
         value = value.detach()
         if key.endswith("embed_tokens.weight") or key == "lm_head.weight":
             value = torch.cat([value, value.new_zeros(vocab - value.shape[0], value.shape[1])])
+        if key.endswith("embed_tokens.weight") and task_ids:
+            value[list(task_ids)] = model.task_tokens().detach().to(value.dtype)
         name = "lm_head.weight" if key == "lm_head.weight" else "model.language_model." + key.removeprefix("model.")
         state[name] = value.contiguous()
     return state
@@ -167,7 +193,8 @@ def export(checkpoint, out, allow_causal: bool = False):
                          tie_word_embeddings=text_config.tie_word_embeddings)
     with torch.device("meta"):
         hf = LlavaForConditionalGeneration(config)
-    result = hf.load_state_dict(llava_state_dict(model, vocab), strict=False, assign=True)
+    task_ids = tok.convert_tokens_to_ids(task_token_names(model))
+    result = hf.load_state_dict(llava_state_dict(model, vocab, task_ids), strict=False, assign=True)
     persistent = set(hf.state_dict())
     missing = [k for k in result.missing_keys if k in persistent and not (
         k == "lm_head.weight" and config.tie_word_embeddings)]
@@ -178,8 +205,10 @@ def export(checkpoint, out, allow_causal: bool = False):
     generation = copy.deepcopy(model.llm.generation_config)
     generation.eos_token_id = sorted(_stop_ids(model))
     generation.pad_token_id = tok.pad_token_id
-    if vocab > old_vocab:  # rows added for <image> & co.: never a prediction of minijarvis's
-        generation.suppress_tokens = list(range(old_vocab, vocab))
+    # Rows added for <image> & co. and the task tokens (inputs only): never a prediction.
+    suppress = sorted(set(range(old_vocab, vocab)) | set(task_ids))
+    if suppress:
+        generation.suppress_tokens = suppress
     hf.generation_config = GenerationConfig.from_dict(generation.to_dict())
     hf.save_pretrained(out)
     processor = LlavaProcessor(image_processor=image_processor(model, image_aspect(model.cfg, model.stage)),

@@ -17,7 +17,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTex
 from conftest import tiny_config
 from minijarvis import export as E
 from minijarvis import hf_vision
-from minijarvis.config import IMAGE_ASPECTS
+from minijarvis.config import IMAGE_ASPECTS, METHODS
 from minijarvis.data import encode_prompt, load_image
 from minijarvis.encoders import VisionEncoder
 from minijarvis.errors import InputError, UsageError, run_main
@@ -68,8 +68,10 @@ def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens
     assert torch.equal(inputs["pixel_values"][0], normed), "the image processor's pixels differ"
     with torch.no_grad():
         hf_logits = hf(**inputs).logits[0, -1]
-    vocab = logits.shape[0]
-    torch.testing.assert_close(hf_logits[:vocab], logits, atol=1e-5, rtol=1e-5)
+    # Ids export added to the table (<image>, task tokens) are inputs only: generation suppresses them.
+    keep = torch.ones(logits.shape[0], dtype=torch.bool)
+    keep[[i for i in hf.generation_config.suppress_tokens or [] if i < len(keep)]] = False
+    torch.testing.assert_close(hf_logits[:len(keep)][keep], logits[keep], atol=1e-5, rtol=1e-5)
     generated = hf.generate(**inputs, max_new_tokens=tokens, do_sample=False)[0, inputs["input_ids"].shape[1]:]
     assert len(generated) > 0
     hf_text = processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
@@ -224,9 +226,26 @@ def test_causal_change_is_zero_for_a_causal_model_and_not_for_a_bidirectional_on
 
 
 def test_methods_llava_cannot_hold_are_refused():
-    model = SimpleNamespace(cfg=SimpleNamespace(method="visper"), bidirectional_visual=False)
-    with pytest.raises(InputError, match="visper"):
+    model = SimpleNamespace(cfg=SimpleNamespace(method="future"), bidirectional_visual=False)
+    with pytest.raises(InputError, match="future"):
         E.check_exportable(model)
+
+
+@pytest.mark.skipif("visper" not in METHODS, reason="this minijarvis has no VisPer-LM")
+@pytest.mark.parametrize("family", ["builtin", "qwen2"])
+def test_visper_task_tokens_export_as_vocabulary_entries(tmp_path, family):
+    llm = {} if family == "builtin" else dict(llm_name=_local_llm(tmp_path, family), llm_pretrained=True,
+                                               llm_arch={})
+    if llm:
+        llm["tokenizer"] = llm["llm_name"]
+    checkpoint = _checkpoint(tmp_path, tiny_config(method="visper", **llm))
+    out, hf, processor, mj = assert_export_matches(tmp_path, checkpoint)
+    names = E.task_token_names(mj)
+    assert len(names) == mj.task_tokens.count > 0
+    ids = processor.tokenizer.convert_tokens_to_ids(names)
+    table = hf.get_input_embeddings().weight
+    assert torch.equal(table[ids], mj.task_tokens().detach()), "the task tokens are the embeddings"
+    assert set(ids) <= set(hf.generation_config.suppress_tokens), "inputs only, never generated"
 
 
 def test_features_through_the_final_norm_are_refused():
