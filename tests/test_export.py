@@ -64,6 +64,9 @@ def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     ids, normed, pixels, logits = _minijarvis_view(mj, image, QUESTION, aspect)
+    tasks = processor.tokenizer.convert_tokens_to_ids(E.task_token_names(mj))  # VisPer-LM's
+    at = ids.index(mj.image_token_id) + mj.num_visual
+    ids = ids[:at] + tasks + ids[at:]  # minijarvis splices the task tokens after the image
     assert inputs["input_ids"][0].tolist() == ids, "the processor's ids differ from encode_prompt's"
     assert torch.equal(inputs["pixel_values"][0], normed), "the image processor's pixels differ"
     with torch.no_grad():
