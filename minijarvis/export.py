@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from . import hf_vision
 from .errors import InputError, UsageError, add_debug_flag, positive_int, run_main
@@ -222,20 +223,24 @@ def export(checkpoint, out, allow_causal: bool = False):
 @torch.no_grad()
 def causal_change(model, n_per_task: int = 8) -> dict:
     """What running ``model`` causally (as the export does) changes on ShapesBench items: mean
-    |delta log-prob| of the answer options, and the accuracy of both (option likelihood)."""
+    |delta log-prob| of the answer options, and the accuracy of both (option likelihood). The
+    exported model is this model run causally (equal logits: tests/test_export.py); on CUDA
+    if there is one."""
     from .benchmarks import LETTERS, load_shapes
     from .data import load_image
 
     items, _ = load_shapes(n_per_task)
     aspect = image_aspect(model.cfg, model.stage)
-    images = torch.stack([load_image(it.image, model.image_size, model.image_mean, aspect) for it in items])
-    prompts, options = [it.prompt for it in items], [list(it.choices) for it in items]
+    if torch.cuda.is_available():
+        model.cuda()
     trained = model.bidirectional_visual
-    scores = {}
+    scores = {"minijarvis": [], "exported": []}
     try:
-        for name, bidirectional in (("minijarvis", trained), ("exported", False)):
-            model.bidirectional_visual = bidirectional
-            scores[name] = model.score_options(images, prompts, options)
+        for it in tqdm(items, desc="causal vs bidirectional", unit="item"):
+            image = load_image(it.image, model.image_size, model.image_mean, aspect)[None]
+            for name, bidirectional in (("minijarvis", trained), ("exported", False)):
+                model.bidirectional_visual = bidirectional
+                scores[name] += model.score_options(image, [it.prompt], [list(it.choices)])
     finally:
         model.bidirectional_visual = trained
     delta = torch.cat([(a - b).abs() for a, b in zip(scores["minijarvis"], scores["exported"])])

@@ -54,9 +54,11 @@ def _minijarvis_view(mj, image, question, aspect):
     return spliced, (pixels - mean) / std, pixels, logits
 
 
-def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens=8):
-    """Export, load offline with the Auto classes, compare with minijarvis end to end."""
-    out, mj = E.export(checkpoint, tmp_path / "hf")
+def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens=8, allow_causal=False):
+    """Export, load offline with the Auto classes, compare with minijarvis end to end (with
+    ``allow_causal``: with minijarvis run causally, which is what the export promises)."""
+    out, mj = E.export(checkpoint, tmp_path / "hf", allow_causal)
+    mj.bidirectional_visual = False if allow_causal else mj.bidirectional_visual
     hf = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(out, local_files_only=True, backend="pil")
     image = image or _image()
@@ -217,6 +219,7 @@ def test_bidirectional_visual_attention_is_refused_unless_allowed(tmp_path, caps
     printed = capsys.readouterr().out
     assert "mean |delta log-prob|" in printed and "accuracy" in printed
     assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert_export_matches(tmp_path, checkpoint, allow_causal=True)  # = minijarvis run causally
 
 
 def test_causal_change_is_zero_for_a_causal_model_and_not_for_a_bidirectional_one(tmp_path):
