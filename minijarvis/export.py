@@ -88,9 +88,9 @@ def image_aspect(cfg, stage: str) -> str:
     return cfg.resolved_image_aspect(stage) if hasattr(cfg, "resolved_image_aspect") else cfg.image_aspect
 
 
-def check_exportable(model, allow_causal: bool = False) -> None:
-    """UsageError / InputError for what transformers' LLaVA cannot express (module docstring)."""
-    cfg = model.cfg
+def check_exportable(cfg, allow_causal: bool = False) -> None:
+    """UsageError / InputError for what transformers' LLaVA cannot express (module docstring),
+    from a checkpoint's ModelConfig alone (before any weights load)."""
     if cfg.method not in EXPORTABLE_METHODS:
         raise InputError(f"method {cfg.method!r}: its checkpoints hold parts transformers' LLaVA "
                          f"has no place for; export supports {', '.join(EXPORTABLE_METHODS)}")
@@ -100,7 +100,7 @@ def check_exportable(model, allow_causal: bool = False) -> None:
                          "LLaVA's vision_feature_layer reads a block's output without the final "
                          "norm (negative index); export needs ctx_norm off")
     hf_vision.family(cfg.ctx_encoder)
-    if model.bidirectional_visual and not allow_causal:
+    if cfg.resolved_bidirectional_visual() and not allow_causal:
         raise UsageError("this model was trained with bidirectional visual attention (JARVIS's "
                          "release default); transformers' LLaVA runs it causally. Pass "
                          "--allow-causal to export anyway: the export then measures the change")
@@ -173,12 +173,14 @@ def export(checkpoint, out, allow_causal: bool = False):
     returns (out, the loaded minijarvis model)."""
     from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+    from .checkpoint import CONFIG
+    from .config import load_config
     from .inference import _stop_ids
     from .model import JarvisModel
 
     checkpoint, out = Path(checkpoint), Path(out)
+    check_exportable(load_config(checkpoint / CONFIG)["model"], allow_causal)
     model = JarvisModel.from_checkpoint(checkpoint).eval()
-    check_exportable(model, allow_causal)
     tok = exported_tokenizer(model)
     text_config = copy.deepcopy(model.llm.config)
     old_vocab = model.llm.get_input_embeddings().weight.shape[0]
