@@ -85,14 +85,17 @@ def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens
 
 
 # ---------------------------------------------------------------- the vision tower
-@pytest.mark.parametrize("name", ["vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224",
-                                  "vit_base_patch16_siglip_224"])
-def test_converted_vision_tower_gives_timms_features(name):
+@pytest.mark.parametrize("name,size", [
+    ("vit_base_patch16_clip_224", 64), ("vit_base_patch16_clip_quickgelu_224", 64),
+    ("vit_base_patch16_siglip_224", 64),
+    # the real presets' geometry (patch 14: 24x24 + CLS; SigLIP2 27x27, MLP 3.7x), narrow
+    ("vit_large_patch14_clip_quickgelu_336", 336), ("vit_so400m_patch14_siglip_378", 378)])
+def test_converted_vision_tower_gives_timms_features(name, size):
     torch.manual_seed(0)
-    encoder = VisionEncoder(name, img_size=64, depth=3, embed_dim=64, num_heads=2)
+    encoder = VisionEncoder(name, img_size=size, depth=3, embed_dim=64, num_heads=2)
     hf = hf_vision.hf_vision_model(encoder)
     assert type(hf).__name__ == hf_vision.SUPPORTED[hf_vision.family(name)]
-    images = torch.rand(2, 3, 64, 64)
+    images = torch.rand(2, 3, size, size)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (encoder.mean, encoder.std))
     states = hf(pixel_values=(images - mean) / std, output_hidden_states=True).hidden_states
     ours = encoder(images)
