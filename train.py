@@ -312,7 +312,7 @@ def main(argv=None, on_step=None) -> int:
     if info.rank == 0:
         trainer.tracker = trackers.open_tracker(
             tcfg.report_to, run.output, dict(model=run.model.cfg, mask=run.model.mask_cfg, train=tcfg),
-            start_step=trainer.step)
+            done_steps=trainer.step)
     start = time.perf_counter()
     try:
         code = trainer.fit(on_step)

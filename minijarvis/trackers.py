@@ -65,13 +65,14 @@ def _import(kind: str):
 
 
 class TensorBoardTracker:
-    def __init__(self, output: Path, run_name: str, hparams: dict, start_step: int = 0):
+    def __init__(self, output: Path, run_name: str, hparams: dict, done_steps: int = 0):
         writer_cls = _import("tensorboard")
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         self.logdir = Path(output) / "tensorboard" / run_name
-        self.writer = writer_cls(str(self.logdir), purge_step=start_step or None)
-        if not start_step:
+        # Resumed: drop what the interrupted run logged after its checkpoint (written again).
+        self.writer = writer_cls(str(self.logdir), purge_step=done_steps + 1 if done_steps else None)
+        if not done_steps:
             # add_hparams() would open a second, time-stamped run; write its summaries here.
             for summary in hparams_summary(hparams, {}):
                 self.writer.file_writer.add_summary(summary)
@@ -86,7 +87,7 @@ class TensorBoardTracker:
 
 
 class WandbTracker:
-    def __init__(self, output: Path, run_name: str, hparams: dict, start_step: int = 0):
+    def __init__(self, output: Path, run_name: str, hparams: dict, done_steps: int = 0):
         self.wandb = _import("wandb")
         self.run = self.wandb.init(project="minijarvis", name=run_name, config=hparams,
                                    dir=str(output), mode=os.environ.get("WANDB_MODE", "offline"))
@@ -98,11 +99,12 @@ class WandbTracker:
         self.run.finish()
 
 
-def open_tracker(kind: str, output: Path, configs: dict, start_step: int = 0):
-    """The tracker ``kind`` names (None for "none"), for the run writing to ``output``."""
+def open_tracker(kind: str, output: Path, configs: dict, done_steps: int = 0):
+    """The tracker ``kind`` names (None for "none"), for the run writing to ``output``;
+    ``done_steps``: the optimizer steps a resumed run has already done."""
     if kind not in TRACKERS:
         raise ValueError(f"report_to must be one of {', '.join(TRACKERS)}; got {kind!r}")
     if kind == "none":
         return None
     cls = TensorBoardTracker if kind == "tensorboard" else WandbTracker
-    return cls(Path(output), Path(output).resolve().name, flat_hparams(configs), start_step)
+    return cls(Path(output), Path(output).resolve().name, flat_hparams(configs), done_steps)

@@ -106,3 +106,38 @@ def test_importing_train_loads_no_tracker_package():
             "print(sorted(m for m in ('wandb', 'tensorboard', 'torch.utils.tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
+
+
+def test_a_resumed_tensorboard_run_replaces_the_events_after_its_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = trackers.open_tracker("tensorboard", tmp_path / "run", {})
+    for step in (1, 2, 3, 4):
+        first.log({"step": step, "loss": 1.0})
+    first.close()
+    resumed = trackers.open_tracker("tensorboard", tmp_path / "run", {}, done_steps=2)
+    for step in (3, 4):
+        resumed.log({"step": step, "loss": 2.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "run"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
+
+
+def test_tensorboard_after_a_crash_and_resume_holds_each_step_once():
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [*FAST[:-1], "4", "--save-every", "2", "--report-to", "tensorboard", "--output-dir", "runs/r"]
+
+    def crash(trainer, row):
+        if row["step"] == 3:  # logged, but after the step-2 checkpoint
+            raise RuntimeError("simulated crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(args, on_step=crash)
+    assert train.main([*args, "--resume"]) == 0
+    events = EventAccumulator("runs/r/tensorboard/r")  # as TensorBoard reads it
+    events.Reload()
+    rows = read_log("runs/r/log.jsonl")
+    got = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert got == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows]
+    assert [s for s, _ in got] == [1, 2, 3, 4]
