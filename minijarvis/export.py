@@ -215,7 +215,7 @@ def export(checkpoint, out, allow_causal: bool = False):
     hf.generation_config = GenerationConfig.from_dict(generation.to_dict())
     hf.save_pretrained(out)
     processor = LlavaProcessor(image_processor=image_processor(model, image_aspect(model.cfg, model.stage)),
-                               tokenizer=tok, patch_size=model.image_size // model.grid[0],
+                               tokenizer=tok, patch_size=config.vision_config.patch_size,
                                vision_feature_select_strategy=config.vision_feature_select_strategy,
                                chat_template=tok.chat_template, num_additional_image_tokens=int(clip))
     processor.save_pretrained(out)
@@ -225,9 +225,9 @@ def export(checkpoint, out, allow_causal: bool = False):
 @torch.no_grad()
 def causal_change(model, n_per_task: int = 8) -> dict:
     """What running ``model`` causally (as the export does) changes on ShapesBench items: mean
-    |delta log-prob| of the answer options, and the accuracy of both (option likelihood). The
-    exported model is this model run causally (equal logits: tests/test_export.py); on CUDA
-    if there is one."""
+    |delta log-prob| per token of the answer options, and the accuracy of both, scored as
+    eval.py scores by default (the option's text, mean log-prob per token). The exported model
+    is this model run causally (equal logits: tests/test_export.py); on CUDA if there is one."""
     from .benchmarks import LETTERS, load_shapes
     from .data import load_image
 
@@ -242,7 +242,7 @@ def causal_change(model, n_per_task: int = 8) -> dict:
             image = load_image(it.image, model.image_size, model.image_mean, aspect)[None]
             for name, bidirectional in (("minijarvis", trained), ("exported", False)):
                 model.bidirectional_visual = bidirectional
-                scores[name] += model.score_options(image, [it.prompt], [list(it.choices)])
+                scores[name] += model.score_options(image, [it.prompt], [list(it.choices)], normalize=True)
     finally:
         model.bidirectional_visual = trained
     delta = torch.cat([(a - b).abs() for a, b in zip(scores["minijarvis"], scores["exported"])])
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     if model.bidirectional_visual:
         m = causal_change(model, args.measure_items)
         print(f"causal instead of bidirectional visual attention, on {m['items']} ShapesBench items: "
-              f"mean |delta log-prob| of the options {m['mean_abs_delta_logprob']:.4f}; accuracy "
+              f"mean |delta log-prob| per option token {m['mean_abs_delta_logprob']:.4f}; accuracy "
               f"{m['accuracy']['minijarvis']:.3f} in minijarvis -> {m['accuracy']['exported']:.3f} exported")
     return 0
 
