@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minijarvis import runtime
+from minijarvis import runtime, trackers
 from minijarvis.cli import build_run, parse_args
 from minijarvis.data import format_skips
 from minijarvis.errors import InputError, UsageError, run_main
@@ -73,6 +73,7 @@ class Trainer:
         self.total = tcfg.max_steps if tcfg.max_steps > 0 else max(1, math.floor(tcfg.epochs * steps_per_epoch))
         self.step, self.position, self.num_skipped = 0, (0, 0), 0
         self.stop_requested = False
+        self.tracker = None  # --report-to: set by main() on rank 0 (minijarvis.trackers)
         self.wrapped = self._wrap()
         self.optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
                                            betas=(0.9, 0.999), fused=info.device.type in ("cuda", "cpu"))
@@ -173,6 +174,8 @@ class Trainer:
             if info.rank == 0 and (self.step % tcfg.log_every == 0 or self.step == self.total):
                 with open(self.log_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
+                if self.tracker is not None:
+                    self.tracker.log(row)
             bar.set_postfix(loss=f"{sums['loss']:.3f}", lr=f"{lr:.2e}")
             bar.update(1)
             if on_step is not None:  # tests and notebooks look in here (trainer, log row)
@@ -322,6 +325,7 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 def main(argv=None, on_step=None) -> int:
     args = parse_args(argv)
+    trackers.require(args.report_to)  # a missing package fails now, not after loading a model
     info = runtime.dist_info()
     run = build_run(args, info)  # model, data, configs, output dir (see minijarvis/cli.py)
     trainer = Trainer(run.model, run.dataset, run.collate, run.train_cfg, info, run.output)
@@ -333,8 +337,16 @@ def main(argv=None, on_step=None) -> int:
            f"{tcfg.batch_size} per device x {tcfg.grad_accum} accumulation x {info.world_size} "
            f"devices = {tcfg.batch_size * tcfg.grad_accum * info.world_size}; "
            f"{sum(p.numel() for p in trainer.params):,} trainable parameters; output {run.output}")
+    if info.rank == 0:
+        trainer.tracker = trackers.open_tracker(
+            tcfg.report_to, run.output, dict(model=run.model.cfg, mask=run.model.mask_cfg, train=tcfg),
+            done_steps=trainer.step)
     start = time.perf_counter()
-    code = trainer.fit(on_step)
+    try:
+        code = trainer.fit(on_step)
+    finally:
+        if trainer.tracker is not None:
+            trainer.tracker.close()
     rows = runtime.read_log(trainer.log_path)
     if info.rank == 0 and rows:
         last = rows[-1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
-                     PRESETS, STAGES, MaskConfig, TrainConfig, preset)
+                     PRESETS, STAGES, TRACKERS, MaskConfig, TrainConfig, preset)
 from .data import LlavaDataset, make_collate
 from .errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
                      nonnegative_float, nonnegative_int, positive_float, positive_int,
@@ -117,6 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     i.add_argument("--threads", type=nonnegative_int, default=0, help="CPU threads (0: one for small models, torch's default otherwise)")
     i.add_argument("--log-every", type=positive_int, default=1, help="optimizer steps between log lines")
     add_debug_flag(i)
+    i.add_argument("--report-to", choices=TRACKERS, default="none", help="also send log.jsonl's scalars and the config to this tracker (wandb: offline unless WANDB_MODE is set)")
     args = p.parse_args(argv)
     args.given = _given(p, argv)
     if args.stage == "finetune" and not (args.init or args.resume) and args.preset == "tiny" and not args.llm:
@@ -194,7 +195,8 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
                       log_every=args.log_every, num_workers=args.num_workers, strict=args.strict,
                       plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank,
                       group_by_modality_length=(stage == "finetune" if args.group_by_modality_length is None
-                                                else args.group_by_modality_length))
+                                                else args.group_by_modality_length),
+                      report_to=args.report_to)
     cfg.validate()
     return cfg
 

@@ -24,6 +24,7 @@ ATTN_IMPLS = ("auto", "sdpa", "eager", "flex_attention")
 IMAGE_ASPECTS = ("pad", "resize", "crop")
 # The release reads the context features per encoder family (see ModelConfig.context_features).
 CONTEXT_LAYERS = {"penultimate": -2, "last": -1}
+TRACKERS = ("none", "tensorboard", "wandb")  # --report-to (minijarvis.trackers)
 
 
 @dataclass
@@ -156,10 +157,12 @@ class TrainConfig:
     plain_style: str = "release"  # stage-1 template: release (no BOS/"\n") or llava (BOS, "\n")
     lambda_per_rank: bool = False  # release: each rank draws the lambda coin on its own
     group_by_modality_length: bool = False  # release stage 2: batches of one modality, similar lengths (sampler.py)
+    report_to: str = "none"  # experiment tracker: none, tensorboard or wandb (minijarvis.trackers)
 
     def validate(self) -> None:
         _choice("stage", self.stage, STAGES)
         _choice("plain_style", self.plain_style, ("release", "llava"))
+        _choice("report_to", self.report_to, TRACKERS)
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -19,7 +19,7 @@ from .config import ENCODERS, PRESETS, MaskConfig, TrainConfig, load_config, pre
 from .errors import InputError, UsageError
 
 # Flags that may differ from the checkpoint's run under --resume: they change no result.
-RESUME_FREE = ("save_every", "log_every", "threads", "num_workers")
+RESUME_FREE = ("save_every", "log_every", "threads", "num_workers", "report_to")
 
 
 def _run_flags(configs: dict) -> dict:
