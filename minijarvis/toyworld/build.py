@@ -49,8 +49,8 @@ class BuildSize:
 
 
 SIZES = {
-    "small": BuildSize(captions=24, conversations=24, questions=4, scenes=32, held_out=16,
-                       llm_steps=8, llm_batch=4, encoder_steps=4, batch=8),
+    "small": BuildSize(captions=16, conversations=16, questions=2, scenes=16, held_out=8,
+                       llm_steps=6, llm_batch=4, encoder_steps=3, batch=8),
     "full": BuildSize(captions=1500, conversations=1500, questions=100, scenes=1200, held_out=160,
                       llm_steps=600, llm_batch=8, encoder_steps=300, batch=32),
 }

@@ -72,7 +72,7 @@ def train_llm(model, packed: torch.Tensor, steps: int, batch: int, seed: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
@@ -180,7 +180,7 @@ def train_encoder(vit: nn.Module, heads: nn.Module, loss_fn, n: int, steps: int,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     vit.eval(), heads.eval()
     return losses
 
