@@ -128,3 +128,11 @@ def test_small_build_runs_writes_every_file_and_is_reproducible(tmp_path):
     assert meta["metrics"]["llm"]["held_out_perplexity"] < meta["metrics"]["llm"]["random_twin_perplexity"]
     assert AutoModelForCausalLM.from_pretrained(str(tmp_path / "a" / "llm")).config.hidden_size == 64
     assert HELD_OUT < HELD
+
+
+@pytest.mark.parametrize("argv", [["build", "--size", "huge"], ["build", "--seed", "-1"], ["train"]])
+def test_build_cli_rejects_bad_values_with_a_usage_error(argv, capsys):
+    from minijarvis.toyworld.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "error: argument" in capsys.readouterr().err
