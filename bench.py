@@ -136,7 +136,7 @@ def build_model(args, device) -> JarvisModel:
     (``bench_utils.fast_random_init``), built directly in bf16 with --bf16: Gemma2-2B takes
     4 s instead of a minute on a CPU. Then, as minijarvis.cli._place: frozen networks in bf16,
     what trains in fp32."""
-    cfg = preset(args.preset)
+    cfg = preset(args.preset, pretrained=False)
     real = args.preset != "tiny"
     if real:  # timm's trunc_normal_ takes minutes on a CPU for two ViT-Ls
         cfg.ctx_kwargs = {**cfg.ctx_kwargs, "weight_init": "skip"}

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
-                     PRESETS, STAGES, TRACKERS, MaskConfig, TrainConfig, preset)
+                     PRESETS, STAGES, TOY_CAPTION_ENCODER, TOY_EXPERT, TRACKERS, MaskConfig,
+                     TrainConfig, is_toy, preset)
 from .data import LlavaDataset, make_collate
 from .errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
                      nonnegative_float, nonnegative_int, positive_float, positive_int,
@@ -75,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.add_argument("--target-encoder", type=encoder_name, default=None, help="timm model name or an encoder key, as above")
     a.add_argument("--context-weights", default="", help="local weights file for the context encoder")
     a.add_argument("--target-weights", default="", help="local weights file for the target encoder")
-    a.add_argument("--random-init", action="store_true", help="random weights for every network (offline speed/memory runs)")
+    a.add_argument("--random-init", action="store_true", help="random weights for every network, the tiny preset's toy parts included (offline speed/memory runs)")
     a.add_argument("--init", default="", help="stage-1 output directory to start stage 2 from")
     a.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint exactly: every setting comes from it; "
                    "other flags must match it, except " + ", ".join(f"--{f.replace('_', '-')}" for f in RESUME_FREE))
@@ -153,25 +154,32 @@ def _model_overrides(args) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _encoder(name: str, random_init: bool) -> tuple[str, dict, bool]:
+def _encoder(name: str, random_init: bool) -> tuple[str, dict, bool, str]:
+    """(timm name, kwargs, hub weights?, weights file): tiny-clip / tiny-dinov2 are the toy
+    world's caption encoder and expert unless --random-init."""
     timm_name, kwargs = ENCODERS.get(name, (name, {}))
-    return timm_name, dict(kwargs), not (random_init or name.startswith("tiny"))
+    toy = {"tiny-clip": TOY_CAPTION_ENCODER, "tiny-dinov2": TOY_EXPERT}.get(name)
+    weights = str(toy) if toy and not random_init else ""
+    return timm_name, dict(kwargs), not (random_init or name.startswith("tiny")), weights
 
 
 def new_model_config(args):
     real = args.preset != "tiny" or bool(args.llm)
-    cfg = preset(args.preset, pretrained=real and not args.random_init)
+    # tiny: the toy world's pretrained parts unless --random-init (preset's default, None)
+    cfg = preset(args.preset, pretrained=False if args.random_init else (True if real else None))
     if args.llm:
         if args.random_init:
             raise UsageError("--random-init builds a preset's architecture; with --llm, weights come from it")
         cfg = dataclasses.replace(cfg, llm_name=args.llm, llm_pretrained=True, llm_arch={}, tokenizer=args.llm)
-    for flag, prefix in ((args.context_encoder, "ctx"), (args.target_encoder, "tgt")):
-        if flag:
-            name, kwargs, pretrained = _encoder(flag, args.random_init)
+    for flag, weights, prefix in ((args.context_encoder, args.context_weights, "ctx"),
+                                  (args.target_encoder, args.target_weights, "tgt")):
+        if flag:  # another encoder: the preset's weights file (the toy part's) no longer fits
+            name, kwargs, pretrained, file = _encoder(flag, args.random_init)
             cfg = dataclasses.replace(cfg, **{f"{prefix}_encoder": name, f"{prefix}_kwargs": kwargs,
-                                              f"{prefix}_pretrained": pretrained})
-    cfg = dataclasses.replace(cfg, ctx_weights=args.context_weights, tgt_weights=args.target_weights,
-                              ctx_layer=args.context_layer,
+                                              f"{prefix}_pretrained": pretrained, f"{prefix}_weights": file})
+        if weights:
+            cfg = dataclasses.replace(cfg, **{f"{prefix}_weights": weights})
+    cfg = dataclasses.replace(cfg, ctx_layer=args.context_layer,
                               ctx_norm=None if args.context_norm is None else args.context_norm == "on")
     return dataclasses.replace(cfg, **_model_overrides(args)), real
 
@@ -249,7 +257,7 @@ def build_run(args, info: DistInfo) -> Run:
         model = JarvisModel.from_checkpoint(ckpt)
     elif args.stage == "finetune" and args.init:
         model = JarvisModel.from_checkpoint(args.init, stage="finetune", **_model_overrides(args))
-        real = model.cfg.llm_pretrained
+        real = model.cfg.llm_pretrained and not is_toy(model.cfg)  # toy LLM: tiny defaults
         tcfg = new_train_config(args, real, info.world_size, output)
     else:
         mcfg, real = new_model_config(args)

@@ -217,7 +217,8 @@ ENCODERS = {
     "clip-l-336": ("vit_large_patch14_clip_336.openai", {}),
     "siglip2-so400m-384": ("vit_so400m_patch14_siglip_378.v2_webli", {}),
     "dinov2-l": ("vit_large_patch14_dinov2.lvd142m", {}),
-    # Tiny random encoders for offline runs: 12x12 grids at 192 px, two blocks, width 64.
+    # Tiny encoders for offline runs: 12x12 grids at 192 px, two blocks, width 64 (weights: the
+    # toy world's, see preset("tiny"), or random).
     "tiny-clip": ("vit_base_patch16_clip_224", dict(img_size=192, depth=2, embed_dim=64, num_heads=2)),
     "tiny-dinov2": ("vit_small_patch14_reg4_dinov2",
                     dict(img_size=192, patch_size=16, depth=2, embed_dim=64, num_heads=2)),
@@ -225,17 +226,31 @@ ENCODERS = {
 
 PRESETS = ("tiny",) + tuple(_LLM_HUB)
 
+# The toy world's pretrained tiny parts (minijarvis/toyworld), shipped inside the package and
+# found relative to it, so the tiny preset works from any working directory.
+TOY_ASSETS = Path(__file__).resolve().parent / "toyworld" / "assets"
+TOY_LLM = TOY_ASSETS / "llm"
+TOY_CAPTION_ENCODER = TOY_ASSETS / "caption_encoder.safetensors"
+TOY_EXPERT = TOY_ASSETS / "expert.safetensors"
 
-def preset(name: str, pretrained: bool = False) -> ModelConfig:
-    """ModelConfig of a named preset. ``pretrained=False`` builds the real architecture with
-    random weights offline (speed/memory measurements); ``True`` loads hub weights."""
+
+def preset(name: str, pretrained: bool | None = None) -> ModelConfig:
+    """ModelConfig of a named preset. ``pretrained``: None = weights that need no download:
+    the toy world's shipped parts for ``tiny`` (a toy LLM, a caption encoder as F_ctx, a depth
+    expert as F_tgt), random weights at the real shape for the others; ``False`` = random
+    weights (offline speed/memory runs, tests); ``True`` = hub weights (tiny: the toy parts)."""
     _choice("preset", name, PRESETS)
     if name == "tiny":
         ctx, ctx_kw = ENCODERS["tiny-clip"]
         tgt, tgt_kw = ENCODERS["tiny-dinov2"]
-        return ModelConfig(llm_name="tiny-llama", llm_arch=dict(_LLM_ARCH["tiny"]), max_length=512,
-                           ctx_encoder=ctx, ctx_kwargs=dict(ctx_kw), tgt_encoder=tgt,
-                           tgt_kwargs=dict(tgt_kw))
+        toy = pretrained is not False
+        return ModelConfig(llm_name=str(TOY_LLM) if toy else "tiny-llama", llm_pretrained=toy,
+                           llm_arch=dict(_LLM_ARCH["tiny"]), max_length=512,
+                           ctx_encoder=ctx, ctx_kwargs=dict(ctx_kw),
+                           ctx_weights=str(TOY_CAPTION_ENCODER) if toy else "",
+                           tgt_encoder=tgt, tgt_kwargs=dict(tgt_kw),
+                           tgt_weights=str(TOY_EXPERT) if toy else "")
+    pretrained = bool(pretrained)
     ctx, _ = ENCODERS["clip-l-336"]
     tgt, _ = ENCODERS["dinov2-l"]
     return ModelConfig(llm_name=_LLM_HUB[name], llm_pretrained=pretrained,
@@ -243,6 +258,11 @@ def preset(name: str, pretrained: bool = False) -> ModelConfig:
                        tokenizer=_LLM_HUB[name] if pretrained else "builtin",
                        ctx_encoder=ctx, ctx_pretrained=pretrained, tgt_encoder=tgt,
                        tgt_pretrained=pretrained)
+
+
+def is_toy(cfg: ModelConfig) -> bool:
+    """Whether ``cfg``'s LLM is the toy world's (tiny, so it keeps the tiny training defaults)."""
+    return cfg.llm_pretrained and Path(cfg.llm_name).resolve() == TOY_LLM
 
 
 def default_jepa_layer(num_layers: int, method: str) -> int:

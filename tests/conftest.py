@@ -22,7 +22,7 @@ FAMILIES = {
 
 def tiny_config(family: str = "llama", layers: int = 2, **overrides) -> ModelConfig:
     """The tiny preset with an LLM of ``family`` and ``layers`` decoder layers."""
-    cfg = preset("tiny")
+    cfg = preset("tiny", pretrained=False)  # random weights: these tests pin plumbing
     arch = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     arch.update(FAMILIES[family])

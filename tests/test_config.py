@@ -53,7 +53,7 @@ def test_configs_round_trip_through_json(tmp_path):
     ("jepa_layer", 0, "jepa_layer")])
 def test_invalid_model_settings_say_what_is_allowed(field, value, words):
     with pytest.raises(ValueError, match=words):
-        dataclasses.replace(preset("tiny"), **{field: value}).validate()
+        dataclasses.replace(preset("tiny", pretrained=False), **{field: value}).validate()
 
 
 def test_invalid_train_settings_say_what_is_allowed():

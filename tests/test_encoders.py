@@ -21,7 +21,7 @@ def _images(batch=2, size=192, seed=0):
 
 
 def _tiny_cfg(**overrides):
-    cfg = preset("tiny")
+    cfg = preset("tiny", pretrained=False)
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg

@@ -1,0 +1,36 @@
+"""python -m minijarvis.toyworld build [--out DIR] [--size small|full] [--seed N] [--threads N]"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from ..config import TOY_ASSETS
+from ..errors import add_debug_flag, nonnegative_int, positive_int, run_main
+from .build import SIZES, build
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minijarvis.toyworld",
+                                description="Train the toy world's pretrained parts (seeded, offline).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("command", choices=("build",), help="what to do")
+    p.add_argument("--out", default=str(TOY_ASSETS), help="output folder (the default is what the tiny preset loads)")
+    p.add_argument("--size", choices=tuple(SIZES), default="full", help="small: seconds, for tests; full: the shipped parts")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seeds data, initialisation and batches")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (results are seeded per thread count)")
+    add_debug_flag(p)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    meta = build(args.out, args.size, args.seed)
+    print(json.dumps(meta["metrics"], indent=1))
+    print(f"built the toy parts ({args.size}, seed {args.seed}) in {time.perf_counter() - start:.0f} s: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="python -m minijarvis.toyworld"))

@@ -1,0 +1,118 @@
+"""What the toy world's pretrained parts learn from: text, and scenes with their geometry.
+
+* :func:`text_corpus` -- the toy language, in the formats train.py feeds the LLM: stage-1
+  captions (the caption alone, as the plain template labels it), stage-2 conversations (the
+  chat template, ``<image>`` removed: the LLM never sees pixels), and CV-Bench-style questions
+  with their options and answer (``shapesbench.format_prompt``; the answer is right for a scene
+  the text does not show, so the LLM learns the questions and their options, not the answers).
+* :func:`scene_tensors` -- rendered scenes as the encoders see them ([0, 1] images at the tiny
+  preset's 192 px, resized like ``data.load_image``), their incomplete captions, and what the
+  renderer knows that captions omit: per-patch log-depth, per-patch object occupancy, object count.
+
+Seeds: scenes come from the "caption" and "instruct" splits with a user seed (``WORLD_SEED`` +
+build seed) that the training data of train.py (seed 0, 1, 2, ...) does not use by default;
+questions from the "bench" split with that seed, never the evaluation's seed 0.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import shapes as S
+from ..data import load_image
+from ..shapesbench import TASKS, bench_item, format_prompt
+
+WORLD_SEED = 1000  # offset of the build's user seed: away from train.py's seeds 0, 1, 2, ...
+SKY_DEPTH = 30.0  # depth given to sky patches (beyond the farthest ground line drawn, 20)
+RASTER = 96  # silhouettes are rasterised at 96 px, then averaged onto the patch grid
+
+
+def _chat(tokenizer, turns: list[tuple[str, str]]) -> str:
+    messages = []
+    for q, a in turns:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def instruct_turns(index: int, seed: int) -> list[tuple[str, str]]:
+    """The (question, answer) turns of ``shapes.instruction_record(index, seed)`` without
+    rendering its image (same scene, same text stream, same suffix)."""
+    s = S.scene_seed("instruct", index, seed)
+    rng = np.random.default_rng([s, 1])
+    if index % S.TEXT_ONLY_EVERY == S.TEXT_ONLY_EVERY - 1:
+        return S._text_qa(rng)
+    return [(q + S.SHORT_ANSWER, a) for q, a in S._image_qa(S.scene_from_seed(s), rng)]
+
+
+def caption_text(index: int, seed: int) -> tuple[S.Scene, str]:
+    """Scene and caption of ``shapes.caption_record(index, seed)`` without rendering."""
+    s = S.scene_seed("caption", index, seed)
+    scene = S.scene_from_seed(s)
+    return scene, S.caption_for(scene, np.random.default_rng([s, 1]))
+
+
+def text_corpus(tokenizer, n_captions: int, n_instruct: int, n_questions: int, seed: int,
+                offset: int = 0) -> list[str]:
+    """Training text of the toy LLM: captions, conversations and benchmark-style questions
+    (``n_questions`` per ShapesBench task). ``offset`` shifts every index (held-out text)."""
+    world = WORLD_SEED + seed
+    out = []
+    for i in tqdm(range(n_captions), desc="text: captions", unit="doc", leave=False):
+        out.append(caption_text(offset + i, world)[1])
+    for i in tqdm(range(n_instruct), desc="text: conversations", unit="doc", leave=False):
+        out.append(_chat(tokenizer, instruct_turns(offset + i, world)))
+    for task in TASKS:
+        for i in tqdm(range(n_questions), desc=f"text: {task}", unit="doc", leave=False):
+            item = bench_item(task, offset + i, world, render_image=False)
+            out.append(_chat(tokenizer, [(format_prompt(item["question"], item["choices"]),
+                                          item["choices"][item["answer_index"]])]))
+    return out
+
+
+def depth_grid(scene: S.Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch (log-depth, occupancy) on a ``grid`` x ``grid`` patch grid, both float32.
+
+    Depth of a pixel: the camera depth z of the nearest object whose silhouette covers it
+    (silhouettes painted far to near, as ``render`` paints), else of the ground at that image
+    row (z = FOCAL * CAM_H / (v - HORIZON)), else ``SKY_DEPTH``. A patch gets the mean log-depth
+    of its pixels and the fraction of them covered by an object.
+    """
+    v = (np.arange(RASTER) + 0.5) / RASTER
+    ground = np.where(v > S.HORIZON, S.FOCAL * S.CAM_H / np.maximum(v - S.HORIZON, 1e-6), SKY_DEPTH)
+    depth = np.repeat(np.minimum(ground, SKY_DEPTH)[:, None], RASTER, 1)
+    occupied = np.zeros((RASTER, RASTER), bool)
+    for o in sorted(scene.objects, key=lambda o: -o.z):
+        _, mask = S._footprint(o.kind, o.x, o.z, RASTER)
+        depth[mask], occupied[mask] = o.z, True
+    cell = RASTER // grid
+    if cell * grid != RASTER:
+        raise ValueError(f"grid {grid} must divide the raster side {RASTER}")
+    pool = lambda a: a.reshape(grid, cell, grid, cell).mean((1, 3)).astype(np.float32)  # noqa: E731
+    return pool(np.log(depth)), pool(occupied.astype(np.float32))
+
+
+def scene_tensors(n: int, seed: int, image_size: int = 192, grid: int = 12, mean=(0.5, 0.5, 0.5),
+                  offset: int = 0) -> dict:
+    """``n`` caption-split scenes as tensors: images float [n,3,S,S] in [0,1] (rendered at
+    224 px and resized like ``data.load_image``), captions (list), log_depth and occupancy
+    [n, grid, grid], count long [n]."""
+    world = WORLD_SEED + seed
+    images, captions, depth, occ, count = [], [], [], [], []
+    for i in tqdm(range(n), desc="scenes", unit="img", leave=False):
+        scene, caption = caption_text(offset + i, world)
+        images.append(load_image(S.render(scene), image_size, mean))
+        d, o = depth_grid(scene, grid)
+        captions.append(caption)
+        depth.append(torch.from_numpy(d))
+        occ.append(torch.from_numpy(o))
+        count.append(len(scene.objects))
+    return dict(images=torch.stack(images), captions=captions, log_depth=torch.stack(depth),
+                occupancy=torch.stack(occ), count=torch.tensor(count))
+
+
+def log_depth_range() -> tuple[float, float]:
+    """Smallest and largest per-pixel log-depth (nearest object front, sky)."""
+    return math.log(S.Z_NEAR - S.SIZE / 2), math.log(SKY_DEPTH)
