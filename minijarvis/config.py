@@ -214,7 +214,7 @@ _LLM_HUB = {"gemma2-2b": "google/gemma-2-2b-it", "llama3.2-3b": "meta-llama/Llam
 # 729 tokens: its patch convolution drops 384 - 27*14 = 6 pixels). timm holds that network as
 # the 378 px variant (27 * 14, the same 27x27 grid, nothing dropped).
 ENCODERS = {
-    "clip-l-336": ("vit_large_patch14_clip_336.openai", {}),
+    "clip-l-336": ("vit_large_patch14_clip_quickgelu_336.openai", {}),  # OpenAI CLIP runs QuickGELU
     "siglip2-so400m-384": ("vit_so400m_patch14_siglip_378.v2_webli", {}),
     "dinov2-l": ("vit_large_patch14_dinov2.lvd142m", {}),
     # Tiny encoders for offline runs: 12x12 grids at 192 px, two blocks, width 64 (weights: the

@@ -34,7 +34,7 @@ def test_each_paper_llm_builds_its_real_shape_offline(name, layers, hidden, j, b
 def test_pretrained_presets_name_the_hub_models_and_paper_encoders():
     cfg = preset("gemma2-2b", pretrained=True)
     assert cfg.llm_name == "google/gemma-2-2b-it" and cfg.tokenizer == cfg.llm_name
-    assert cfg.ctx_encoder == "vit_large_patch14_clip_336.openai"
+    assert cfg.ctx_encoder == "vit_large_patch14_clip_quickgelu_336.openai"
     assert cfg.tgt_encoder == "vit_large_patch14_dinov2.lvd142m"
 
 

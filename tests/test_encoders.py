@@ -112,7 +112,7 @@ def test_clip_context_features_are_the_penultimate_block_without_norm():
 
 @pytest.mark.parametrize("name, want", [
     ("vit_so400m_patch14_siglip_378.v2_webli", (-1, True)), ("vit_base_patch16_siglip_224", (-1, True)),
-    ("vit_large_patch14_clip_336.openai", (-2, False)), ("vit_base_patch16_clip_224", (-2, False)),
+    ("vit_large_patch14_clip_quickgelu_336.openai", (-2, False)), ("vit_base_patch16_clip_224", (-2, False)),
     ("vit_large_patch14_dinov2.lvd142m", (-2, False))])
 def test_context_features_default_per_family_as_the_release(name, want):
     assert ModelConfig(ctx_encoder=name).context_features() == want
