@@ -19,7 +19,7 @@ import torch
 from .config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
                      PRESETS, STAGES, TOY_CAPTION_ENCODER, TOY_EXPERT, TRACKERS, MaskConfig,
                      TrainConfig, is_toy, preset)
-from .data import LlavaDataset, make_collate
+from .data import LlavaDataset, make_collate, read_llava_json
 from .errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
                      nonnegative_float, nonnegative_int, positive_float, positive_int,
                      positive_int_or, probability)
@@ -211,7 +211,7 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
 
 def check_inputs(args) -> None:
     """Files and folders the flags name, checked before anything is built: one InputError each.
-    (--data and --image-folder: :func:`_check_data`, once --resume has taken them from its run.)"""
+    (--data and --image-folder: :func:`_read_data`, once --resume has taken them from its run.)"""
     for flag, path in (("--context-weights", args.context_weights), ("--target-weights", args.target_weights)):
         if path and not Path(path).is_file():
             raise InputError(f"{path}: no such file ({flag})")
@@ -223,12 +223,14 @@ def check_inputs(args) -> None:
         raise InputError(f"{args.llm}: not a model folder (no config.json) (--llm)")
 
 
-def _check_data(tcfg: TrainConfig) -> None:
-    if tcfg.data and not Path(tcfg.data).is_file():
-        what = "a folder; --data is the LLaVA JSON file" if Path(tcfg.data).is_dir() else "no such file"
-        raise InputError(f"{tcfg.data}: {what} (--data)")
-    if tcfg.image_folder and not Path(tcfg.image_folder).is_dir():
-        raise InputError(f"{tcfg.image_folder}: no such folder (--image-folder)")
+def _read_data(data: str, image_folder: str) -> list | None:
+    """The records of --data (None: the built-in data), read and checked before any model loads."""
+    if data and not Path(data).is_file():
+        what = "a folder; --data is the LLaVA JSON file" if Path(data).is_dir() else "no such file"
+        raise InputError(f"{data}: {what} (--data)")
+    if image_folder and not Path(image_folder).is_dir():
+        raise InputError(f"{image_folder}: no such folder (--image-folder)")
+    return read_llava_json(data) if data else None
 
 
 def _default_output(args) -> Path:
@@ -246,6 +248,7 @@ def build_run(args, info: DistInfo) -> Run:
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: a file, not a folder (--output-dir)")
     check_inputs(args)
+    tcfg = None
     if args.resume:
         ckpt = output / "checkpoint"
         from .runtime import recover_checkpoint
@@ -254,6 +257,9 @@ def build_run(args, info: DistInfo) -> Run:
             raise InputError(f"{ckpt}: no resumable checkpoint to --resume (train.py writes one every "
                              "--save-every steps, on Ctrl-C and at the end); check --output-dir")
         tcfg = resume_config(args, ckpt)
+    # The data is read before any model loads: a bad file stops the run at once.
+    records = _read_data(tcfg.data if tcfg else args.data, tcfg.image_folder if tcfg else args.image_folder)
+    if args.resume:
         model = JarvisModel.from_checkpoint(ckpt)
     elif args.stage == "finetune" and args.init:
         model = JarvisModel.from_checkpoint(args.init, stage="finetune", **_model_overrides(args))
@@ -271,7 +277,6 @@ def build_run(args, info: DistInfo) -> Run:
         except OSError as e:  # a hub id that cannot be fetched, a weights file timm cannot read
             raise InputError(f"cannot load the model's weights: {brief(e)}") from e
         tcfg = new_train_config(args, real, info.world_size, output)
-    _check_data(tcfg)
     if model.cfg.max_length <= model.num_visual:
         raise UsageError(f"--max-length {model.cfg.max_length} leaves no room for text after the "
                          f"image's {model.num_visual} visual slots; raise it")
@@ -282,11 +287,12 @@ def build_run(args, info: DistInfo) -> Run:
     data, folder = tcfg.data, tcfg.image_folder
     if not data:
         data, folder = _synthetic(tcfg, info)
-    dataset = LlavaDataset(data, folder or ".", model.tokenizer, stage=model.stage,
+    dataset = LlavaDataset(data if records is None else records, folder or ".", model.tokenizer,
+                           stage=model.stage,
                            image_size=model.image_size, image_mean=model.image_mean,
                            aspect=model.image_aspect, max_length=model.cfg.max_length,
                            num_visual=model.num_visual, strict=tcfg.strict,
-                           plain_style=tcfg.plain_style)
+                           plain_style=tcfg.plain_style, source=data)
     if dataset.num_invalid:
         from .data import format_skips
         print0("at load, " + format_skips(dataset.problems))

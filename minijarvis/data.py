@@ -420,7 +420,7 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def __init__(self, records_or_path, image_folder, tokenizer, *, stage: str, image_size: int,
                  image_mean, aspect: str | None = None, max_length: int, num_visual: int,
-                 strict: bool = False, plain_style: str = "release"):
+                 strict: bool = False, plain_style: str = "release", source: str = ""):
         if stage not in ("align", "finetune"):
             raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
         if not 0 < num_visual < max_length:
@@ -428,7 +428,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         aspect = aspect or release_image_aspect(stage)  # None: the release's (crop in stage 1)
         if aspect not in IMAGE_ASPECTS or plain_style not in PLAIN_STYLES:
             raise ValueError(f"aspect must be one of {IMAGE_ASPECTS} and plain_style one of {PLAIN_STYLES}")
-        self.source = ""
+        self.source = source  # the file the records came from, named in errors
         if isinstance(records_or_path, (str, Path)):
             self.source = str(records_or_path)
             records_or_path = read_llava_json(records_or_path)

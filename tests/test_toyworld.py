@@ -30,7 +30,8 @@ def _held_scenes():
 
 def _encoder(key, file, features):
     name, kwargs = ENCODERS[key]
-    return VisionEncoder(name, weights=str(file) if file else "", features=features, **kwargs)
+    return VisionEncoder(name, weights=str(file) if file else "", layer=-1 if features == "last" else -2,
+                         norm=features == "last", **kwargs)
 
 
 def test_shipped_parts_load_strictly_with_the_tiny_architecture():

@@ -134,7 +134,8 @@ def measure_encoders(out: Path, held: dict, tok, seed: int) -> dict:
                                        ("random_caption_encoder", "tiny-clip", None, "penultimate")):
         name, kwargs = ENCODERS[key]
         weights = str(out / FILES[file]) if file else ""
-        enc = VisionEncoder(name, weights=weights, features=features, **kwargs)
+        enc = VisionEncoder(name, weights=weights, layer=-1 if features == "last" else -2,
+                            norm=features == "last", **kwargs)
         probes[label] = round(P.depth_probe_r2(enc(images), depth), 4)
     result["depth_probe_r2"] = probes
     return result
