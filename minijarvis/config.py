@@ -277,6 +277,8 @@ def save_config(path: str | Path, **entries) -> None:
     path = Path(path)
     payload = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                for k, v in entries.items()}
+    if isinstance(payload.get("model"), dict):
+        payload["model"] = _toy_paths(payload["model"], str(TOY_ASSETS), TOY_TAG)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     tmp.replace(path)
@@ -309,8 +311,21 @@ def load_config(path: str | Path) -> dict:
         if unknown:
             raise InputError(f"{path}: unknown {key} config fields {sorted(unknown)}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if key == "model":
+            kwargs = _toy_paths(kwargs, TOY_TAG, str(TOY_ASSETS))
         out[key] = cls(**kwargs)
     return out
+
+
+# A checkpoint names the toy parts relative to the installed package, so it loads wherever the
+# repository (or the package) lives.
+TOY_TAG = "<minijarvis-toyworld>"
+
+
+def _toy_paths(values: dict, old: str, new: str) -> dict:
+    """``values`` with every string field that starts with ``old`` starting with ``new``."""
+    return {k: new + v[len(old):] if isinstance(v, str) and v.startswith(old) else v
+            for k, v in values.items()}
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -71,3 +71,19 @@ def test_a_damaged_config_is_an_input_error_naming_the_file(tmp_path, text, why)
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(InputError, match=f"config.json: .*{why}"):
         load_config(tmp_path / "config.json")
+
+
+def test_a_checkpoint_names_the_toy_parts_relative_to_the_package(tmp_path, monkeypatch):
+    """config.json stores the shipped toy parts by a tag, not an absolute path, so a checkpoint
+    loads wherever the package is installed."""
+    import json
+
+    from minijarvis import config as C
+    C.save_config(tmp_path / "config.json", model=C.preset("tiny"))
+    saved = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert saved["llm_name"] == C.TOY_TAG + "/llm" and saved["ctx_weights"].startswith(C.TOY_TAG)
+    assert str(C.TOY_ASSETS) not in json.dumps(saved)
+    moved = tmp_path / "elsewhere" / "assets"
+    monkeypatch.setattr(C, "TOY_ASSETS", moved)  # as if the package lived elsewhere
+    loaded = C.load_config(tmp_path / "config.json")["model"]
+    assert loaded.tgt_weights == str(moved / "expert.safetensors")
