@@ -144,8 +144,8 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor,
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     b = pred.shape[0]
-    p = F.normalize(pred.reshape(b, -1).float(), dim=-1)
-    y = F.normalize(target.reshape(b, -1).float(), dim=-1)
+    p = F.normalize(pred.flatten(1).float(), dim=-1)
+    y = F.normalize(target.flatten(1).float(), dim=-1)
     y_all, offset = gather_rows(y.detach())
     scale = log_scale.float().exp().clamp(max=max_scale)
     if b == 0:
