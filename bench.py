@@ -20,6 +20,11 @@ hits them alike:
     carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
+  * ``visper``: VisPer-LM's stage-1 step (its parts attached to the same instance:
+    ``bench_utils.attach_visper``), with its breakdown: the target encoders' forward and the
+    predictors' forward, timed inside the visper steps; the predictors' forward + backward,
+    run alone right after each visper step on its captured inputs (their backward cannot be
+    cut out of the LLM's); the rest;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
@@ -29,7 +34,7 @@ Memory per method = static (weights of that method's model + its optimizer state
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
 Targets (``minijarvis.bench_report.check_targets``): the step-time target pairs jarvis - llava -
-F_tgt round by round.
+F_tgt round by round; visper - llava - targets' forward - predictors' fwd/bwd <= 5% of llava.
 Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
@@ -49,9 +54,10 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (METHODS, autocast, available_ram, environment,  # noqa: E402
-                                    fast_random_init, instrumented, make_optimizer, mfu, peak_flops,
-                                    prime_optimizer, static_bytes, synthetic_batch, train_flops, train_step)
+from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram,  # noqa: E402
+                                    environment, fast_random_init, instrumented, make_optimizer, mfu,
+                                    peak_flops, predictors_fwd_bwd, prime_optimizer, static_bytes,
+                                    synthetic_batch, train_flops, train_step)
 from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, release, tensor_bytes)
@@ -151,10 +157,13 @@ def build_model(args, device) -> JarvisModel:
     try:
         with fast:
             model = JarvisModel(cfg, MaskConfig(), stage="align")
+            if "visper" in args.methods:  # its parts join the same instance (bench_utils.method_view)
+                attach_visper(model, skip_init=real)
     finally:
         torch.set_default_dtype(default)
     if args.bf16:
-        for part in (model.context_encoder, model.target_encoder, model.llm):
+        targets = tuple(model.visper.targets.values()) if model.visper is not None else ()
+        for part in (model.context_encoder, model.target_encoder, model.llm, *targets):
             part.to(torch.bfloat16)
     for p in model.parameters():
         if p.requires_grad:
@@ -202,6 +211,8 @@ def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=
             return dict(timer.collect(), loss=loss)
         return run
     fns = {name: step(name.split("/")[-1]) for name in methods}
+    if "visper" in fns:  # right after each visper step: its predictors alone, fwd + bwd
+        fns["visper_predictors"] = lambda: predictors_fwd_bwd(model, timer.captured, args.bf16)
     return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup)
 
 
@@ -212,8 +223,8 @@ def part_medians(outs: list[dict]) -> dict:
 
 
 def measure_stage1(model, args, device) -> dict:
-    """llava / jarvis / nomask steps, interleaved, and the JARVIS breakdown timed inside the
-    same jarvis steps (module docstring)."""
+    """llava / jarvis / nomask / visper steps, interleaved, and the JARVIS and VisPer-LM
+    breakdowns timed inside the same steps (module docstring)."""
     batch = batch_of(model, args.batch_size, "align", args, device)
     opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
     prime_optimizer(opt)
@@ -238,6 +249,15 @@ def measure_stage1(model, args, device) -> dict:
             activations = pm.transient
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
                                          activations=activations / MIB)
+    if "visper" in args.methods:
+        vp = part_medians(outs["visper"])
+        pred = [t * 1e3 for t in times["visper_predictors"]]
+        out["visper_breakdown_ms"] = dict(target_encoders=vp["visper_targets"],
+                                          predictors_fwd=vp["visper_predictors_fwd"],
+                                          predictors_fwd_bwd=median(pred))
+        if "llava" in args.methods:  # paired round by round, as jarvis's extra_ms
+            out["visper_extra_ms"] = [(v - l - o["visper_targets"]) * 1e3 - p for v, l, o, p in
+                                      zip(times["visper"], times["llava"], outs["visper"], pred)]
     return out
 
 
@@ -286,6 +306,8 @@ def fits(model, opt, batch, args, device) -> bool:
 def measure_stage2(model, args, device) -> dict:
     """LLaVA stage 2: F_tgt, z, proj_tgt dropped; LLM + proj train (fp32 master weights with --bf16)."""
     model.target_encoder = model.proj_tgt = model.z = model.sampler = None
+    model.task_tokens = model.visper = None  # the llava view's stage 2
+    model.num_slots = model.num_visual
     model.llm.requires_grad_(True)
     release(device)
     weights, n = "fp32" + (" master, bf16 autocast" if args.bf16 else ""), sum(p.numel() for p in model.llm.parameters())
