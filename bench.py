@@ -20,11 +20,8 @@ hits them alike:
     carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
-  * ``visper``: VisPer-LM's stage-1 step (its parts attached to the same instance:
-    ``bench_utils.attach_visper``), with its breakdown: the target encoders' forward and the
-    predictors' forward, timed inside the visper steps; the predictors' forward + backward,
-    run alone right after each visper step on its captured inputs (their backward cannot be
-    cut out of the LLM's); the rest;
+  * ``visper``: VisPer-LM's step (``bench_utils.attach_visper``); breakdown: targets' forward
+    (inside the steps), predictors' fwd + bwd (alone after each step: ``predictors_fwd_bwd``), rest;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
@@ -33,8 +30,7 @@ LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and 
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
-Targets (``minijarvis.bench_report.check_targets``): the step-time target pairs jarvis - llava -
-F_tgt round by round; visper - llava - targets' forward - predictors' fwd/bwd <= 5% of llava.
+Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt, visper - llava - targets - predictors, by round.
 Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
@@ -54,10 +50,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram,  # noqa: E402
-                                    environment, fast_random_init, instrumented, make_optimizer, mfu,
-                                    peak_flops, predictors_fwd_bwd, prime_optimizer, static_bytes,
-                                    synthetic_batch, train_flops, train_step)
+from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram, environment,  # noqa: E402
+                                    fast_random_init, instrumented, make_optimizer, mfu, peak_flops, predictors_fwd_bwd,
+                                    prime_optimizer, static_bytes, synthetic_batch, train_flops, train_step)
 from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, release, tensor_bytes)
@@ -162,8 +157,7 @@ def build_model(args, device) -> JarvisModel:
     finally:
         torch.set_default_dtype(default)
     if args.bf16:
-        targets = tuple(model.visper.targets.values()) if model.visper is not None else ()
-        for part in (model.context_encoder, model.target_encoder, model.llm, *targets):
+        for part in (model.context_encoder, model.target_encoder, model.llm, *(model.visper.targets.values() if model.visper else ())):
             part.to(torch.bfloat16)
     for p in model.parameters():
         if p.requires_grad:
@@ -223,8 +217,7 @@ def part_medians(outs: list[dict]) -> dict:
 
 
 def measure_stage1(model, args, device) -> dict:
-    """llava / jarvis / nomask / visper steps, interleaved, and the JARVIS and VisPer-LM
-    breakdowns timed inside the same steps (module docstring)."""
+    """The methods' steps, interleaved; JARVIS's and VisPer-LM's breakdowns (module docstring)."""
     batch = batch_of(model, args.batch_size, "align", args, device)
     opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
     prime_optimizer(opt)
@@ -249,15 +242,12 @@ def measure_stage1(model, args, device) -> dict:
             activations = pm.transient
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
                                          activations=activations / MIB)
-    if "visper" in args.methods:
-        vp = part_medians(outs["visper"])
-        pred = [t * 1e3 for t in times["visper_predictors"]]
-        out["visper_breakdown_ms"] = dict(target_encoders=vp["visper_targets"],
-                                          predictors_fwd=vp["visper_predictors_fwd"],
+    if "visper" in args.methods:  # what visper adds, paired round by round as jarvis's extra_ms
+        vp, pred = part_medians(outs["visper"]), [t * 1e3 for t in times["visper_predictors"]]
+        out["visper_breakdown_ms"] = dict(target_encoders=vp["visper_targets"], predictors_fwd=vp["visper_predictors_fwd"],
                                           predictors_fwd_bwd=median(pred))
-        if "llava" in args.methods:  # paired round by round, as jarvis's extra_ms
-            out["visper_extra_ms"] = [(v - l - o["visper_targets"]) * 1e3 - p for v, l, o, p in
-                                      zip(times["visper"], times["llava"], outs["visper"], pred)]
+        out["visper_extra_ms"] = [(v - l - o["visper_targets"]) * 1e3 - p for v, l, o, p in zip(
+            times["visper"], times["llava"], outs["visper"], pred)] if "llava" in args.methods else None
     return out
 
 
@@ -306,8 +296,7 @@ def fits(model, opt, batch, args, device) -> bool:
 def measure_stage2(model, args, device) -> dict:
     """LLaVA stage 2: F_tgt, z, proj_tgt dropped; LLM + proj train (fp32 master weights with --bf16)."""
     model.target_encoder = model.proj_tgt = model.z = model.sampler = None
-    model.task_tokens = model.visper = None  # the llava view's stage 2
-    model.num_slots = model.num_visual
+    model.task_tokens, model.visper, model.num_slots = None, None, model.num_visual  # VisPer-LM's too
     model.llm.requires_grad_(True)
     release(device)
     weights, n = "fp32" + (" master, bf16 autocast" if args.bf16 else ""), sum(p.numel() for p in model.llm.parameters())

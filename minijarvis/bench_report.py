@@ -8,7 +8,7 @@ from .measure import median
 def check_visper(s1: dict) -> list[dict]:
     """VisPer-LM's step-time target: visper - llava - the target encoders' forward - the
     predictors' forward/backward, paired round by round, median <= 5% of the llava step."""
-    if "visper_extra_ms" not in s1:
+    if not s1.get("visper_extra_ms"):
         return []
     ll, vp, parts = s1["methods"]["llava"], s1["methods"]["visper"], s1["visper_breakdown_ms"]
     extra, budget = median(s1["visper_extra_ms"]), 0.05 * ll["step_ms"]

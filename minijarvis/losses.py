@@ -1,11 +1,12 @@
-"""Losses of JARVIS stage 1 (DESIGN §2.5) and of the comparison rows (§3).
+"""Losses of JARVIS stage 1 (DESIGN §2.5), of the comparison rows (§3) and of VisPer-LM.
 
 * :func:`token_distance` - the one place where the per-token distances live;
 * :func:`jepa_loss` - L_JEPA: per target block, mean distance over its (sample, token)
   pairs; then the mean over blocks (the release's averaging);
 * :func:`align_loss` - the same distance averaged over all (or some) visual slots, for the
   ``nomask`` and ``viral`` rows;
-* :func:`ntp_loss` - next-token cross-entropy (L_NTP); it shifts the labels itself.
+* :func:`ntp_loss` - next-token cross-entropy (L_NTP); it shifts the labels itself;
+* :func:`info_nce` - VisPer-LM's contrastive term, negatives gathered from every rank.
 
 Every loss is computed in float32, whatever the model dtype, and returns a 0-dim float32
 tensor. None of them detaches ``target``: the caller passes features of the frozen target
