@@ -192,7 +192,7 @@ class JarvisModel(nn.Module):
         jepa, has_image = x["jepa_ran"], x["has_image"]
         aux_name = {"jarvis": "jepa_loss", "nomask": "align_loss", "viral": "align_loss"}.get(
             self.cfg.method)
-        aligns = self.proj_tgt is not None and bool(has_image.any()) and (
+        aligns = aux_name is not None and self.proj_tgt is not None and bool(has_image.any()) and (
             jepa or self.cfg.method != "jarvis")
         # F_tgt runs before the LLM so its transient activations never sit on top of the LLM's.
         target = self.target_encoder(batch["images"]) if aligns else None
