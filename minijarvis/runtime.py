@@ -197,6 +197,6 @@ def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7 if terms else None, ncol=2 if terms else 1)
     fig.tight_layout()
     fig.savefig(png_path)
