@@ -52,10 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a target encoder, repeatable, in task-token order: a preset (tiny-depth, "
                         "depth-anything-v2-l, oneformer-swin-l, unclip-vit-h, dinov2-l, ...) and/or "
                         "key=value parts: name=depth,encoder=<timm>,rule=tokens|pooled,blocks=4+11,"
-                        "layers=8+20,weights=PATH,timm.<kwarg>=V (default: the preset's three experts)")
-    v.add_argument("--visper-weight", type=nonnegative_float, default=None, help="L = L_NTP + weight * sum of the embedding losses (release 0.5)")
-    v.add_argument("--visper-contrastive", type=nonnegative_float, default=None, help="share of InfoNCE in each embedding loss (release 0.3)")
-    v.add_argument("--visper-temperature", type=float, default=None, help="initial log logit scale of InfoNCE (release 2.0)")
+                        "layers=8+20,weights=PATH,timm.<kwarg>=V; unset: the preset's three experts")
+    v.add_argument("--visper-weight", type=nonnegative_float, default=None, metavar="W", help="L = L_NTP + weight * sum of the embedding losses (release 0.5)")
+    v.add_argument("--visper-contrastive", type=nonnegative_float, default=None, metavar="C", help="share of InfoNCE in each embedding loss (release 0.3)")
+    v.add_argument("--visper-temperature", type=float, default=None, metavar="S", help="initial log logit scale of InfoNCE (release 2.0)")
     v.add_argument("--visper-attend-padding", action="store_true", default=None, help="predictors attend padding positions, as the release")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="", help="LLaVA JSON (558k captions / 665k instructions); default: built-in synthetic shapes")
