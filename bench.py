@@ -20,6 +20,8 @@ hits them alike:
     carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
+  * ``visper``: VisPer-LM's step (``bench_utils.attach_visper``); breakdown: targets' forward
+    (inside the steps), predictors' fwd + bwd (alone after each step: ``predictors_fwd_bwd``), rest;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
@@ -28,8 +30,7 @@ LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and 
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
-Targets (``minijarvis.bench_report.check_targets``): the step-time target pairs jarvis - llava -
-F_tgt round by round.
+Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt, visper - llava - targets - predictors, by round.
 Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
@@ -49,8 +50,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (METHODS, autocast, available_ram, environment,  # noqa: E402
-                                    fast_random_init, instrumented, make_optimizer, mfu, peak_flops,
+from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram, environment,  # noqa: E402
+                                    fast_random_init, instrumented, make_optimizer, mfu, peak_flops, predictors_fwd_bwd,
                                     prime_optimizer, static_bytes, synthetic_batch, train_flops, train_step)
 from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
@@ -153,10 +154,12 @@ def build_model(args, device) -> JarvisModel:
     try:
         with fast:
             model = JarvisModel(cfg, MaskConfig(), stage="align")
+            if "visper" in args.methods:  # its parts join the same instance (bench_utils.method_view)
+                attach_visper(model, skip_init=real)
     finally:
         torch.set_default_dtype(default)
     if args.bf16:
-        for part in (model.context_encoder, model.target_encoder, model.llm):
+        for part in (model.context_encoder, model.target_encoder, model.llm, *(model.visper.targets.values() if model.visper else ())):
             part.to(torch.bfloat16)
     for p in model.parameters():
         if p.requires_grad:
@@ -204,6 +207,8 @@ def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=
             return dict(timer.collect(), loss=loss)
         return run
     fns = {name: step(name.split("/")[-1]) for name in methods}
+    if "visper" in fns:  # right after each visper step: its predictors alone, fwd + bwd
+        fns["visper_predictors"] = lambda: predictors_fwd_bwd(model, timer.captured, args.bf16)
     return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup)
 
 
@@ -214,8 +219,7 @@ def part_medians(outs: list[dict]) -> dict:
 
 
 def measure_stage1(model, args, device) -> dict:
-    """llava / jarvis / nomask steps, interleaved, and the JARVIS breakdown timed inside the
-    same jarvis steps (module docstring)."""
+    """The methods' steps, interleaved; JARVIS's and VisPer-LM's breakdowns (module docstring)."""
     batch = batch_of(model, args.batch_size, "align", args, device)
     opt, g = make_optimizer(model, device), torch.Generator().manual_seed(args.seed)
     prime_optimizer(opt)
@@ -240,6 +244,12 @@ def measure_stage1(model, args, device) -> dict:
             activations = pm.transient
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
                                          activations=activations / MIB)
+    if "visper" in args.methods:  # what visper adds, paired round by round as jarvis's extra_ms
+        vp, pred = part_medians(outs["visper"]), [t * 1e3 for t in times["visper_predictors"]]
+        out["visper_breakdown_ms"] = dict(target_encoders=vp["visper_targets"], predictors_fwd=vp["visper_predictors_fwd"],
+                                          predictors_fwd_bwd=median(pred))
+        out["visper_extra_ms"] = [(v - l - o["visper_targets"]) * 1e3 - p for v, l, o, p in zip(
+            times["visper"], times["llava"], outs["visper"], pred)] if "llava" in args.methods else None
     return out
 
 
@@ -288,6 +298,7 @@ def fits(model, opt, batch, args, device) -> bool:
 def measure_stage2(model, args, device) -> dict:
     """LLaVA stage 2: F_tgt, z, proj_tgt dropped; LLM + proj train (fp32 master weights with --bf16)."""
     model.target_encoder = model.proj_tgt = model.z = model.sampler = None
+    model.task_tokens, model.visper, model.num_slots = None, None, model.num_visual  # VisPer-LM's too
     model.llm.requires_grad_(True)
     release(device)
     weights, n = "fp32" + (" master, bf16 autocast" if args.bf16 else ""), sum(p.numel() for p in model.llm.parameters())

@@ -51,6 +51,11 @@ from minijarvis.runtime import print0
 from minijarvis.sampler import epoch_batches
 
 
+def _visper_keys(out: dict) -> list[str]:
+    """VisPer-LM's logged terms: visper_loss and visper/<task>/l<layer>."""
+    return [k for k in out if k.startswith("visper")]
+
+
 class Trainer:
     """One stage of training: the step, the checkpoints, the log. Built by :func:`main`."""
 
@@ -149,12 +154,12 @@ class Trainer:
                 with self._sync_context(last=micro == tcfg.grad_accum - 1), self._autocast():
                     out = self.wrapped(batch, generator=self.lambda_gen, mask_generator=self.mask_gen)
                 (out["loss"] / tcfg.grad_accum).backward()
-                for key in ("loss", "ntp_loss", "jepa_loss", "align_loss"):
+                for key in ("loss", "ntp_loss", "jepa_loss", "align_loss", *_visper_keys(out)):
                     if out.get(key) is not None:
                         sums[key] = sums.get(key, 0.0) + float(out[key].detach()) / tcfg.grad_accum
                 sums["jepa_ran"] = sums.get("jepa_ran", 0.0) + float(out["jepa_ran"]) / tcfg.grad_accum
                 samples += batch["input_ids"].shape[0]
-                tokens += int(batch["attention_mask"].sum()) + int(batch["has_image"].sum()) * (self.model.num_visual - 1)
+                tokens += int(batch["attention_mask"].sum()) + int(batch["has_image"].sum()) * (self.model.num_slots - 1)
             norm = torch.nn.utils.clip_grad_norm_(self.params, tcfg.max_grad_norm) if self.params else torch.zeros(())
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             if not self._all_finite(sums["loss"], float(norm)):
@@ -350,7 +355,7 @@ def main(argv=None, on_step=None) -> int:
     rows = runtime.read_log(trainer.log_path)
     if info.rank == 0 and rows:
         last = rows[-1]
-        aux = next((f", {k} {last[k]:.4f}" for k in ("jepa_loss", "align_loss") if last.get(k) is not None), "")
+        aux = next((f", {k} {last[k]:.4f}" for k in ("jepa_loss", "align_loss", "visper_loss") if last.get(k) is not None), "")
         status = {0: "done", 1: "stopped (non-finite loss)", 130: "interrupted"}[code]
         print(f"{status}: {trainer.step} steps in {time.perf_counter() - start:.1f}s; last loss "
               f"{last['loss']:.4f} (ntp {last['ntp_loss']:.4f}{aux}); skipped {trainer.num_skipped} "

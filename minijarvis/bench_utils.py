@@ -14,7 +14,7 @@ import torch
 
 from .measure import PartTimer, tensor_bytes
 
-METHODS = ("llava", "jarvis", "nomask")
+METHODS = ("llava", "jarvis", "nomask", "visper")
 
 # Dense bf16 peak of one GPU in TFLOP/s (vendor data sheets, no sparsity). First substring
 # match of torch.cuda.get_device_name() wins, so the more specific names come first.
@@ -203,13 +203,52 @@ def method_view(model, method: str):
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    saved = model.cfg.method, model.bidirectional_visual
-    model.cfg.method = "nomask" if method == "nomask" else "jarvis"
-    model.bidirectional_visual = False  # llava and nomask are causal; jarvis has its own mask
+    saved = model.cfg.method, model.bidirectional_visual, model.task_tokens, model.visper, model.num_slots
+    model.cfg.method = method if method in ("nomask", "visper") else "jarvis"
+    model.bidirectional_visual = False  # llava, nomask, visper are causal; jarvis has its own mask
+    if method != "visper":  # VisPer-LM's parts (attach_visper) sit out the other methods' steps
+        model.task_tokens = model.visper = None
+        model.num_slots = model.num_visual
+    elif model.visper is None:
+        raise ValueError("the visper view needs attach_visper(model) first")
     try:
         yield method == "jarvis"
     finally:
-        model.cfg.method, model.bidirectional_visual = saved
+        model.cfg.method, model.bidirectional_visual = saved[:2]
+        model.task_tokens, model.visper, model.num_slots = saved[2:]
+
+
+def attach_visper(model, skip_init: bool = False) -> None:
+    """Give a JARVIS stage-1 model VisPer-LM's stage-1 parts (task tokens, targets, predictors,
+    temperatures) from ``model.cfg.visper_targets``, for :func:`method_view`'s ``visper``.
+    ``skip_init``: timm's slow weight init skipped (random-weight speed runs only)."""
+    import dataclasses
+
+    from .visper import TaskTokens, VisperHead, parse_targets
+    specs = parse_targets(model.cfg.visper_targets)
+    if skip_init:
+        specs = [dataclasses.replace(s, kwargs={**s.kwargs, "weight_init": "skip"}) for s in specs]
+    text = model.llm.config.get_text_config()
+    model.task_tokens = TaskTokens(specs, model.num_visual, text.hidden_size)
+    model.visper = VisperHead(specs, text.num_hidden_layers, text.hidden_size, model.image_size,
+                              model.grid, model.cfg.visper_temperature)
+    model.set_trainable()
+    model.num_slots = model.num_visual + model.task_tokens.count
+
+
+def predictors_fwd_bwd(model, captured: dict, bf16: bool = False) -> dict:
+    """VisPer-LM's predictors and their loss alone, forward and backward, on the inputs of the
+    last visper step (``captured`` by :func:`instrumented`): what they cost inside that step,
+    which cannot be cut out of the LLM's backward. Gradients are dropped afterwards."""
+    hidden = {layer: h.detach().requires_grad_(True) for layer, h in captured["args"][0].items()}
+    device = next(iter(hidden.values())).device
+    with autocast(device, bf16):
+        terms = model.visper.losses(hidden, *captured["args"][1:], **captured["kwargs"])
+    loss = model.cfg.visper_weight * sum(terms.values())
+    loss.backward()
+    for p in model.parameters():
+        p.grad = None
+    return dict(loss=float(loss.detach()))
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -268,6 +307,15 @@ def instrumented(model, timer: PartTimer):
     if model.target_encoder is not None:
         enc = model.target_encoder
         patched.append((enc, "forward", timer.wrap(enc.forward, "target_encoder", memory=True)))
+    if model.visper is not None:  # VisPer-LM: its targets, and its predictors' forward + loss
+        head, captured = model.visper, timer.__dict__.setdefault("captured", {})
+        own_losses = head.losses
+
+        def losses(*args, **kwargs):
+            captured.update(args=args, kwargs=kwargs)  # for predictors_fwd_bwd
+            return own_losses(*args, **kwargs)
+        patched += [(head, "encode_batch", timer.wrap(head.encode_batch, "visper_targets", memory=True)),
+                    (head, "losses", timer.wrap(losses, "visper_predictors_fwd"))]
     for obj, name, fn in patched:
         obj.__dict__[name] = fn  # an instance attribute shadows the method (nn.Module included)
     sampler = model.sampler
@@ -290,6 +338,8 @@ def static_bytes(model, opt, method: str) -> int:
     params = [p for m in mods if m is not None for p in (*m.parameters(), *m.buffers())]
     if method == "jarvis" and model.z is not None:
         params.append(model.z)
+    if method == "visper" and model.visper is not None:
+        params += [*model.visper.parameters(), *model.visper.buffers(), *model.task_tokens.parameters()]
     state = [t for p in params if p.requires_grad for t in opt.state.get(p, {}).values()]
     return tensor_bytes(params) + tensor_bytes(state)
 

@@ -4,7 +4,8 @@ A checkpoint directory holds
 
     config.json        {"model": ModelConfig, "mask": MaskConfig, "train": ..., "stage": ...}
     model.safetensors  every tensor that is not reproducible from its source: what trained
-                       (proj, z, proj_tgt; the LLM after stage 2) and any randomly initialised
+                       (proj, z, proj_tgt, task tokens, predictors; the LLM after stage 2)
+                       and any randomly initialised
                        network (so a tiny offline model reloads bit for bit)
     tokenizer/         the tokenizer, so loading needs neither the hub nor the builder
 
@@ -23,8 +24,9 @@ from .config import ModelConfig, load_config, save_config
 from .errors import InputError, brief
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
-# Parts a stage-2 model may lack that a stage-1 checkpoint holds: JARVIS's additions.
-STAGE1_ONLY = ("z", "proj_tgt.", "target_encoder.")
+# Parts a stage-2 model may lack that a stage-1 checkpoint holds: JARVIS's additions and
+# VisPer-LM's head (predictors, temperatures, targets). VisPer-LM's task tokens stay.
+STAGE1_ONLY = ("z", "proj_tgt.", "target_encoder.", "visper.")
 SDPA_UNSUPPORTED = ("gemma2",)  # attention soft-capping: eager only (DESIGN.md §5)
 
 
@@ -51,13 +53,17 @@ def build_llm(cfg: ModelConfig) -> torch.nn.Module:
 
 def saved_prefixes(cfg: ModelConfig, stage: str) -> tuple[str, ...]:
     """State-dict prefixes a checkpoint of a ``stage`` model stores (see the module docstring)."""
-    keep = ["proj.", "z", "proj_tgt."]
+    keep = ["proj.", "z", "proj_tgt.", "task_tokens.", "visper.predictors.", "visper.log_scales."]
     if stage == "finetune" or not cfg.llm_pretrained:
         keep.append("llm.")
     if not (cfg.ctx_pretrained or cfg.ctx_weights):
         keep.append("context_encoder.")
     if not (cfg.tgt_pretrained or cfg.tgt_weights):
         keep.append("target_encoder.")
+    if cfg.method == "visper":  # randomly initialised VisPer-LM targets, so a resume is exact
+        from .visper import parse_targets
+        keep += [f"visper.targets.{s.name}." for s in parse_targets(cfg.visper_targets)
+                 if not (s.pretrained or s.weights)]
     return tuple(keep)
 
 

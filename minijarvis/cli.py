@@ -63,7 +63,7 @@ def _given(parser: argparse.ArgumentParser, argv) -> frozenset[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser(prog="train.py", description="Train minijarvis (JARVIS / LLaVA, two stages).",
+    p = ArgumentParser(prog="train.py", description="Train minijarvis (JARVIS / VisPer-LM / LLaVA, two stages).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument_group("what to train")
     a.add_argument("--stage", choices=STAGES, default="align", help="align = stage 1 (captions), finetune = stage 2 (instructions)")
@@ -90,6 +90,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mask-clean", action="store_true", help="sampler without the release's quirks")
     m.add_argument("--lambda-per-rank", action="store_true", help="each rank draws the lambda coin itself, as the release (ranks may take different branches)")
     m.add_argument("--paper-context-aspect", action="store_true", help="context block aspect in (0.75, 1.5) as the paper's text says (release: 1.0)")
+    v = p.add_argument_group("VisPer-LM (--method visper; defaults: the release)")
+    v.add_argument("--visper-target", action="append", type=_target_spec, default=None, metavar="SPEC",
+                   help="a target encoder, repeatable, in task-token order: a preset (tiny-depth, "
+                        "depth-anything-v2-l, oneformer-swin-l, unclip-vit-h, dinov2-l, ...) and/or "
+                        "key=value parts: name=depth,encoder=<timm>,rule=tokens|pooled,blocks=4+11,"
+                        "layers=8+20,weights=PATH,timm.<kwarg>=V; unset: the preset's three experts")
+    v.add_argument("--visper-weight", type=nonnegative_float, default=None, metavar="W", help="L = L_NTP + weight * sum of the embedding losses (release 0.5)")
+    v.add_argument("--visper-contrastive", type=nonnegative_float, default=None, metavar="C", help="share of InfoNCE in each embedding loss (release 0.3)")
+    v.add_argument("--visper-temperature", type=float, default=None, metavar="S", help="initial log logit scale of InfoNCE (release 2.0)")
+    v.add_argument("--visper-attend-padding", action="store_true", default=None, help="predictors attend padding positions, as the release")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="", help="LLaVA JSON (558k captions / 665k instructions); default: built-in synthetic shapes")
     d.add_argument("--image-folder", default="", help="folder the JSON's image paths are relative to")
@@ -135,6 +145,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _target_spec(text: str) -> str:
+    """argparse type of --visper-target: checked at start-up, kept as text in the config."""
+    from .targets import parse_target
+    try:
+        parse_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 @dataclass
 class Run:
     model: JarvisModel
@@ -150,7 +170,11 @@ def _model_overrides(args) -> dict:
                jepa_distance=args.jepa_distance, pos_embed=args.pos_embed,
                image_aspect=args.image_aspect, max_length=args.max_length,
                bidirectional_visual=None if args.bidirectional_visual is None else args.bidirectional_visual == "on",
-               skip_dropped=None if args.keep_dropped_slots is None else False)
+               skip_dropped=None if args.keep_dropped_slots is None else False,
+               visper_targets=tuple(args.visper_target) if args.visper_target else None,
+               visper_weight=args.visper_weight, visper_contrastive=args.visper_contrastive,
+               visper_temperature=args.visper_temperature,
+               visper_attend_padding=args.visper_attend_padding)
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -277,10 +301,15 @@ def build_run(args, info: DistInfo) -> Run:
         except OSError as e:  # a hub id that cannot be fetched, a weights file timm cannot read
             raise InputError(f"cannot load the model's weights: {brief(e)}") from e
         tcfg = new_train_config(args, real, info.world_size, output)
-    if model.cfg.max_length <= model.num_visual:
+    if model.cfg.max_length <= model.num_slots:
         raise UsageError(f"--max-length {model.cfg.max_length} leaves no room for text after the "
-                         f"image's {model.num_visual} visual slots; raise it")
+                         f"image's {model.num_slots} slots (visual slots and task tokens); raise it")
     output.mkdir(parents=True, exist_ok=True)
+    if model.visper is not None and model.cfg.llm_pretrained and not is_toy(model.cfg):
+        random = [s.name for s in model.visper.specs if not (s.pretrained or s.weights)]
+        if random:
+            print0(f"warning: VisPer-LM targets {random} have random weights; give each a local "
+                   "file with --visper-target <preset>,weights=PATH")
     _place(model, tcfg, info)
     from .runtime import set_cpu_threads
     set_cpu_threads(model, info.device, args.threads)
@@ -291,7 +320,7 @@ def build_run(args, info: DistInfo) -> Run:
                            stage=model.stage,
                            image_size=model.image_size, image_mean=model.image_mean,
                            aspect=model.image_aspect, max_length=model.cfg.max_length,
-                           num_visual=model.num_visual, strict=tcfg.strict,
+                           num_visual=model.num_slots, strict=tcfg.strict,
                            plain_style=tcfg.plain_style, source=data)
     if dataset.num_invalid:
         from .data import format_skips
@@ -304,7 +333,8 @@ def _place(model: JarvisModel, tcfg: TrainConfig, info: DistInfo) -> None:
     """Device, dtypes and checkpointing. Frozen networks go to bf16 with --bf16 on CUDA (the
     release trains in bf16); what trains stays fp32 under autocast (its master weights)."""
     if tcfg.bf16 and info.device.type == "cuda":
-        for part in (model.context_encoder, model.target_encoder):
+        targets = tuple(model.visper.targets.values()) if model.visper is not None else ()
+        for part in (model.context_encoder, model.target_encoder, *targets):
             if part is not None:
                 part.to(torch.bfloat16)
         if model.stage == "align":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-METHODS = ("jarvis", "llava", "nomask", "viral")
+METHODS = ("jarvis", "llava", "nomask", "viral", "visper")
 STAGES = ("align", "finetune")
 DISTANCES = ("cosine", "smooth_l1")
 ATTN_IMPLS = ("auto", "sdpa", "eager", "flex_attention")
@@ -60,6 +60,13 @@ class ModelConfig:
     jepa_distance: str = "cosine"  # release: raw -cos; "smooth_l1" = I-JEPA on layer-normed targets
     pos_embed: bool = False  # paper: z + phi(i) (2D sin-cos); release: z alone (RoPE only)
     skip_dropped: bool = True  # masked steps leave out dropped slots (nobody sees them): same losses
+    # VisPer-LM (VISPER.md): target specs (targets.parse_target), in the order of their task
+    # tokens; the release's experts by default (gen, depth, seg, as the release orders them).
+    visper_targets: tuple[str, ...] = ("unclip-vit-h", "depth-anything-v2-l", "oneformer-swin-l")
+    visper_weight: float = 0.5  # L = L_NTP + weight * sum_t sum_l L_{t,l}
+    visper_contrastive: float = 0.3  # L_{t,l} = smooth-L1 + contrastive * InfoNCE
+    visper_temperature: float = 2.0  # initial log logit scale s_t (scale = min(exp(s_t), 100))
+    visper_attend_padding: bool = False  # release: predictors attend padding positions too
     # "crop" (CLIP processor: short side to the input size, centre crop), "pad" (LLaVA: square in
     # F_ctx's mean colour) or "resize" (distorts). None = the release's per stage (resolved_image_aspect).
     image_aspect: str | None = None
@@ -98,6 +105,11 @@ class ModelConfig:
                              "pass a hub id or local directory with llm_pretrained=True instead")
         if self.jepa_layer is not None and self.jepa_layer < 1:
             raise ValueError(f"jepa_layer must be >= 1 (hidden_states index), got {self.jepa_layer}")
+        if self.method == "visper":
+            from .visper import parse_targets  # clear errors for bad specs at start-up
+            parse_targets(self.visper_targets)
+            if self.visper_weight < 0 or not 0.0 <= self.visper_contrastive:
+                raise ValueError("visper_weight and visper_contrastive must be >= 0")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
 
@@ -249,7 +261,8 @@ def preset(name: str, pretrained: bool | None = None) -> ModelConfig:
                            ctx_encoder=ctx, ctx_kwargs=dict(ctx_kw),
                            ctx_weights=str(TOY_CAPTION_ENCODER) if toy else "",
                            tgt_encoder=tgt, tgt_kwargs=dict(tgt_kw),
-                           tgt_weights=str(TOY_EXPERT) if toy else "")
+                           tgt_weights=str(TOY_EXPERT) if toy else "",
+                           visper_targets=("tiny-gen", "tiny-depth", "tiny-seg"))
     pretrained = bool(pretrained)
     ctx, _ = ENCODERS["clip-l-336"]
     tgt, _ = ENCODERS["dinov2-l"]

@@ -1,11 +1,12 @@
-"""Losses of JARVIS stage 1 (DESIGN §2.5) and of the comparison rows (§3).
+"""Losses of JARVIS stage 1 (DESIGN §2.5), of the comparison rows (§3) and of VisPer-LM.
 
 * :func:`token_distance` - the one place where the per-token distances live;
 * :func:`jepa_loss` - L_JEPA: per target block, mean distance over its (sample, token)
   pairs; then the mean over blocks (the release's averaging);
 * :func:`align_loss` - the same distance averaged over all (or some) visual slots, for the
   ``nomask`` and ``viral`` rows;
-* :func:`ntp_loss` - next-token cross-entropy (L_NTP); it shifts the labels itself.
+* :func:`ntp_loss` - next-token cross-entropy (L_NTP); it shifts the labels itself;
+* :func:`info_nce` - VisPer-LM's contrastive term, negatives gathered from every rank.
 
 Every loss is computed in float32, whatever the model dtype, and returns a 0-dim float32
 tensor. None of them detaches ``target``: the caller passes features of the frozen target
@@ -127,3 +128,45 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     if logits.shape[0] == 0:
         return logits.float().sum() * 0.0
     return F.cross_entropy(logits.float(), targets.long())
+
+
+def info_nce(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor,
+             max_scale: float = 100.0) -> torch.Tensor:
+    """VisPer-LM's contrastive term (VISPER.md §7): prediction -> target cross-entropy.
+
+    Each sample's ``pred`` and ``target`` [B, ...] are flattened and L2-normalised; logits =
+    pred @ targets_all^T * min(exp(log_scale), max_scale), where targets_all holds the targets
+    of **every rank** (:func:`gather_rows`; the local ones when not distributed), and sample i
+    of rank r has label offset_r + i. Mean over the local samples, float32. The gathered
+    targets carry no gradient (they come from frozen encoders); the local predictions and
+    ``log_scale`` do. With B = 0 (a rank without images) it still joins the gather and
+    returns 0 connected to ``pred``, never NaN.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    b = pred.shape[0]
+    p = F.normalize(pred.flatten(1).float(), dim=-1)
+    y = F.normalize(target.flatten(1).float(), dim=-1)
+    y_all, offset = gather_rows(y.detach())
+    scale = log_scale.float().exp().clamp(max=max_scale)
+    if b == 0:
+        return p.sum() * scale * 0.0
+    logits = scale * p @ y_all.T
+    return F.cross_entropy(logits, offset + torch.arange(b, device=logits.device))
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows [sum_r B_r, D] (rank order) and the offset of this rank's first row.
+    Ranks may hold different row counts; without torch.distributed: ``(x, 0)``."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros(max(sizes), x.shape[1])
+    padded[:x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])

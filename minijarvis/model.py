@@ -11,11 +11,14 @@ Data flow of one stage-1 JARVIS step (DESIGN.md §2):
     LLM(seq, mask) -> logits -> L_NTP ;  hook on layer j -> h_j -> proj_tgt -> L_JEPA vs F_tgt
     loss   = L_NTP + L_JEPA   (with probability lambda: plain NTP on the unmasked image)
 
+VisPer-LM (``method="visper"``) shares all of it but its loss: task tokens after the image,
+predictors at a few layers against several target encoders (``visper.py``, its data flow).
 Inference, checkpoints and the LLM factory live in ``inference.py`` and ``checkpoint.py``.
 """
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -28,6 +31,7 @@ from .losses import align_loss, jepa_loss, token_cross_entropy
 from .masking import MaskSampler
 from .tokenizer import IMAGE_TOKEN, load_tokenizer
 from .checkpoint import build_llm
+from .visper import TaskTokens, VisperHead, parse_targets, visper_losses
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
@@ -74,6 +78,23 @@ def splice_indices(input_ids: torch.Tensor, image_token_id: int, num_visual: int
     text_index = torch.where(is_visual | (text_index >= t), -1, text_index)
     slot_index = (p - start).clamp(0, num_visual - 1)
     return text_index, slot_index, is_visual, image_start, has_image, length
+
+
+@contextmanager
+def layer_outputs(layers: nn.ModuleList, indices):
+    """Forward hooks on decoder ``layers``: yields ``{j: h_j}``, filled during the forward, with
+    h_j = output of layer j-1 = HF ``hidden_states[j]`` (no final norm). Only these layers'
+    outputs are kept (no ``output_hidden_states``); the hooks go when the block exits."""
+    out, handles = {}, []
+    for j in sorted(set(indices)):
+        def hook(module, args, output, j=j):
+            out[j] = output[0] if isinstance(output, tuple) else output
+        handles.append(layers[j - 1].register_forward_hook(hook))
+    try:
+        yield out
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class JarvisModel(nn.Module):
@@ -123,6 +144,15 @@ class JarvisModel(nn.Module):
             self.sampler = MaskSampler(self.grid, **self.mask_cfg.sampler_kwargs())
             if cfg.pos_embed:
                 self.register_buffer("phi", sincos_2d(self.grid, d_llm), persistent=False)
+        self.task_tokens = self.visper = None
+        if cfg.method == "visper":  # tokens stay for stage 2 and inference; the head is stage 1's
+            specs = parse_targets(cfg.visper_targets)
+            self.task_tokens = TaskTokens(specs, self.num_visual, d_llm)
+            if stage == "align":
+                self.visper = VisperHead(specs, num_layers, d_llm, self.image_size, self.grid,
+                                         cfg.visper_temperature)
+        # Positions the <image> token becomes: the image slots, then the task tokens if any.
+        self.num_slots = self.num_visual + (self.task_tokens.count if self.task_tokens else 0)
         self.set_trainable()
 
     # ------------------------------------------------------------------ set-up
@@ -141,6 +171,11 @@ class JarvisModel(nn.Module):
                 part.requires_grad_(True)
         if self.z is not None:
             self.z.requires_grad_(True)
+        if self.task_tokens is not None:  # VisPer-LM: trained in stage 1, frozen afterwards
+            self.task_tokens.requires_grad_(self.stage == "align")
+        if self.visper is not None:  # predictors and temperatures; its targets stay frozen
+            self.visper.predictors.requires_grad_(True)
+            self.visper.log_scales.requires_grad_(True)
 
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant: works with a frozen LLM and grad-requiring inputs_embeds (DESIGN.md §5),
@@ -162,26 +197,26 @@ class JarvisModel(nn.Module):
         jepa, has_image = x["jepa_ran"], x["has_image"]
         aux_name = {"jarvis": "jepa_loss", "nomask": "align_loss", "viral": "align_loss"}.get(
             self.cfg.method)
-        aligns = self.proj_tgt is not None and bool(has_image.any()) and (
+        aligns = aux_name is not None and self.proj_tgt is not None and bool(has_image.any()) and (
             jepa or self.cfg.method != "jarvis")
         # F_tgt runs before the LLM so its transient activations never sit on top of the LLM's.
         target = self.target_encoder(batch["images"]) if aligns else None
-        h_j, hook = {}, None
-        if aligns:
-            layer = self.llm.model.layers[self.jepa_layer - 1]  # h_j = output of layer j-1
-            hook = layer.register_forward_hook(lambda mod, inp, out: h_j.__setitem__("h", out))
-        try:
+        layers = [self.jepa_layer] if aligns else []
+        if self.visper is not None:  # VisPer-LM's targets, also before the LLM
+            target = self.visper.encode_batch(batch["images"], has_image)
+            layers = self.visper.all_layers if target is not None else []
+        with layer_outputs(self.llm.model.layers, layers) as h:
             hidden = self.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"],
                                     position_ids=x["positions"], use_cache=False).last_hidden_state
-        finally:
-            if hook is not None:
-                hook.remove()
         result = {"ntp_loss": self._ntp_loss(hidden, x["labels"]), "jepa_ran": jepa}
         loss = result["ntp_loss"]
         if aux_name is not None:
-            result[aux_name] = self._aux_loss(h_j["h"], target, x) if aligns else None
+            result[aux_name] = self._aux_loss(h[self.jepa_layer], target, x) if aligns else None
             if aligns:
                 loss = loss + result[aux_name]
+        if self.visper is not None and target is not None:
+            result.update(visper_losses(self, h, target, x))
+            loss = loss + result["visper_loss"]
         if not has_image.all():
             # Text-only rows: keep proj (and z) in the graph so DDP's reducer never waits forever.
             loss = loss + 0.0 * x["vis"].sum()
@@ -240,7 +275,7 @@ class JarvisModel(nn.Module):
         place to its kept index. Every loss is the same as on the full sequence.
         """
         text_index, slot_index, is_visual, image_start, has_image, length = splice_indices(
-            batch["input_ids"], self.image_token_id, self.num_visual)
+            batch["input_ids"], self.image_token_id, self.num_slots)
         feats = batch.get("image_features")  # F_ctx output computed once by the caller, or:
         if feats is None:
             feats = self.context_encoder(batch["images"])
@@ -257,7 +292,10 @@ class JarvisModel(nn.Module):
             layout = self.sampler(batch["input_ids"].shape[0], generator=masks_from).to(vis.device)
             latent = self.z + self.phi if self.cfg.pos_embed else self.z
             vis = torch.where(layout.target_union[..., None], latent.to(vis.dtype), vis)
-        embeds, padding, labels = self._splice(batch, vis, text_index, slot_index, is_visual)
+        slots = vis
+        if self.task_tokens is not None:  # VisPer-LM: the task tokens follow the image slots
+            slots = torch.cat([vis, self.task_tokens().to(vis.dtype).expand(vis.shape[0], -1, -1)], 1)
+        embeds, padding, labels = self._splice(batch, slots, text_index, slot_index, is_visual)
         positions = self._kept_positions(layout, image_start, length, labels) if skip_dropped else None
         mask = self._attention_mask(layout, image_start, length, padding, embeds.dtype, positions)
         index_of = None
@@ -323,7 +361,7 @@ class JarvisModel(nn.Module):
         super().train(mode)
         for enc in (self.context_encoder, self.target_encoder):
             if enc is not None:
-                enc.eval()  # frozen encoders never leave eval mode
+                enc.eval()  # frozen encoders never leave eval mode (VisPer's targets: same)
         return self
 
     # Inference and checkpoints, implemented beside (short files, one concern each).

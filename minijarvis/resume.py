@@ -34,6 +34,7 @@ def _run_flags(configs: dict) -> dict:
         context_encoder=(model.ctx_encoder, model.ctx_kwargs),
         target_encoder=(model.tgt_encoder, model.tgt_kwargs),
         context_weights=model.ctx_weights, target_weights=model.tgt_weights,
+        visper_target=list(model.visper_targets) if model.method == "visper" else None,
         context_layer=model.ctx_layer, context_norm=None if model.ctx_norm is None else (
             "on" if model.ctx_norm else "off"),
         random_init=not (model.llm_pretrained or model.ctx_pretrained or model.tgt_pretrained),

@@ -182,20 +182,21 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
-    """Loss curves (total, NTP, JEPA/alignment) against the optimizer step."""
+    """Loss curves (total, NTP, JEPA/alignment, VisPer-LM's terms) against the optimizer step."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays untouched
 
     rows = [r for r in read_log(log_path) if "loss" in r]
     fig = Figure(figsize=(6, 3.5), dpi=100)
     ax = fig.subplots()
-    for key in ("loss", "ntp_loss", "jepa_loss", "align_loss"):
+    terms = sorted({k for r in rows for k in r if k.startswith("visper/")})  # visper/<task>/l<j>
+    for key in ("loss", "ntp_loss", "jepa_loss", "align_loss", "visper_loss", *terms):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), label=key.replace("_", " "))
+            ax.plot(*zip(*pts), label=key.replace("_", " "), lw=0.8 if key in terms else 1.5)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7 if terms else None, ncol=2 if terms else 1)
     fig.tight_layout()
     fig.savefig(png_path)

@@ -157,7 +157,11 @@ def test_method_views_run_the_intended_forward(tiny):
         "the llava view must run no target encoder and no auxiliary loss"
     assert outs["jarvis"]["jepa_ran"] and outs["jarvis"]["tgt_calls"] == 1, "the jarvis view runs JEPA every step"
     assert outs["nomask"]["align_loss"] is not None and not outs["nomask"]["jepa_ran"], "nomask aligns, unmasked"
+    assert outs["visper"]["tgt_calls"] == 0 and outs["visper"]["visper_loss"] > 0, "visper: its own targets"
+    assert not any(k.startswith("visper") for m in ("llava", "jarvis", "nomask") for k in outs[m]), \
+        "VisPer-LM's parts sit out the other views"
     assert model.cfg.method == "jarvis" and model.bidirectional_visual, "a view must restore the model"
+    assert model.task_tokens is not None and model.num_slots == model.num_visual + 24
 
 
 def test_part_timer_sums_named_parts_and_collect_resets():
@@ -184,6 +188,14 @@ def test_instrumented_times_the_jarvis_parts_inside_the_step_and_restores_the_mo
     assert all(v > 0 for v in parts["jarvis"].values())
     assert "target_encoder" not in parts["llava"] and "mask_sampling" not in parts["llava"], \
         "the llava step runs no F_tgt and draws no masks"
+    with instrumented(model, timer):
+        train_step(model, opt, batch, "visper", g, False, timer)
+    parts["visper"] = timer.collect()
+    assert {"visper_targets", "visper_predictors_fwd"} <= set(parts["visper"])
+    assert "visper_targets" not in parts["llava"], "the llava step runs no VisPer-LM target"
+    loss = bench_utils.predictors_fwd_bwd(model, timer.captured)["loss"]
+    assert loss > 0 and all(p.grad is None for p in model.parameters()), "alone, then no gradient left"
+    assert not {"encode_batch", "losses"} & set(model.visper.__dict__), "the visper head is restored"
     assert model.sampler is sampler and not {"_attention_mask", "_kept_positions"} & set(model.__dict__)
     assert "forward" not in model.llm.model.__dict__ and "forward" not in model.target_encoder.__dict__
 
@@ -262,6 +274,16 @@ def test_check_targets_pairs_rounds_and_takes_medians():
     assert check_targets(dict(methods=dict(llava={}))) == [], "no targets without both llava and jarvis"
 
 
+def test_check_visper_pairs_rounds_against_five_percent_of_llava():
+    from minijarvis.bench_report import check_targets
+    s1 = dict(methods=dict(llava=dict(step_ms=100.0), visper=dict(step_ms=150.0)),
+              visper_breakdown_ms=dict(target_encoders=20.0, predictors_fwd=10.0, predictors_fwd_bwd=25.0),
+              visper_extra_ms=[4.0, 4.9, 30.0])  # budget 5 ms: the median 4.9 passes
+    assert [(t["name"], t["passed"]) for t in check_targets(s1)] == [("visper step time", True)]
+    s1["visper_extra_ms"] = [5.1, 6.0, 0.0]
+    assert [(t["name"], t["passed"]) for t in check_targets(s1)] == [("visper step time", False)]
+
+
 def test_synthetic_batch_follows_the_collate_contract(tiny):
     model, args, device = tiny
     for stage, image_at in (("align", 0), ("finetune", 8)):
@@ -290,7 +312,8 @@ def test_main_on_tiny_writes_json_and_prints_the_table(tmp_path, capsys):
         assert len(row["steps_ms"]) == 2 and row["step_ms"] > 0 and row["peak_mib"] > row["static_mib"] > 0, m
         assert torch.isfinite(torch.tensor(row["loss"])), f"{m}: non-finite loss"
     assert set(saved["stage1"]["breakdown_ms"]) == set(bench.PARTS)
-    assert [t["name"] for t in saved["targets"]] == ["step time", "masks", "memory"]
+    assert [t["name"] for t in saved["targets"]] == ["step time", "masks", "memory", "visper step time"]
+    assert set(saved["stage1"]["visper_breakdown_ms"]) == {"target_encoders", "predictors_fwd", "predictors_fwd_bwd"}
     assert saved["stage2"]["methods"]["llava"]["static_mib"] > rows["llava"]["static_mib"], \
         "stage 2 holds LLM gradients' optimizer state: more static memory than stage 1"
     printed = capsys.readouterr().out
