@@ -13,8 +13,9 @@ then train together on those cached activations, as one batched op over a leadin
     mean over images with a seeded 95% bootstrap interval
 
 Probes (both trained the same way; they differ only in what they can read):
-* ``resampler`` (the paper's, VISPER.md §5): a one-block Perceiver resampler with M learnable
-  queries of its own, reading every token of the layer (image slots and prompt text).
+* ``resampler`` (the paper's, VISPER.md §5): VisPer-LM's embedding predictor
+  (:class:`~minijarvis.visper.Resampler`) with M learnable queries of its own, reading every
+  token of the layer (image slots and prompt text).
 * ``linear``: one affine map per visual slot, Y_t = W h_t + b (the classic probe); a pooled
   target is read from the mean of the visual slots.
 
@@ -24,26 +25,23 @@ is informative by how far it rises above it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from .runtime import cosine_lr
+from .visper import Resampler
 
 PROBES = ("resampler", "linear")
 METRICS = ("flat", "token")
 
 
 # ---------------------------------------------------------------- probes, batched over layers
-def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over the last axis with a separate affine per probe: x [P, ..., C], weight [P, C]."""
-    shape = (weight.shape[0],) + (1,) * (x.ndim - 2) + (weight.shape[1],)
-    return F.layer_norm(x, x.shape[-1:]) * weight.view(shape) + bias.view(shape)
-
-
 def _param(generator: torch.Generator, *shape: int, std: float) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape, generator=generator) * std)
 
@@ -61,53 +59,38 @@ class LinearProbes(nn.Module):
 
 
 class ResamplerProbes(nn.Module):
-    """P independent one-block Perceiver resamplers (VISPER.md §5), [P, B, T, d_in] -> [P, B, M, d_out].
+    """P independent VisPer-LM predictors (:class:`~minijarvis.visper.Resampler`, VISPER.md §5),
+    each with Q learnable queries of its own: [P, B, T, d_in] -> [P, B, Q, d_out].
 
-    Per probe: x = proj_in(h); q = the probe's M queries; q += Attn(LN(q), LN([x, q]));
-    q += FFN(q) (LN -> Linear -> GELU -> Linear, multiplier 1, no biases); out = LN(proj_out(q)).
-    ``heads`` x ``head_dim`` = 4 x 32 as the paper's predictor. The queries live in the
-    resampler's width (the paper keeps them in d_llm and applies proj_in: the same family).
+    As the paper's probe, the queries live in d_in (the LLM's width) and go through the
+    predictor's ``proj_in``. The P predictors' weights are stacked on a leading axis and run
+    as ONE call (``torch.vmap`` of ``functional_call``), not a Python loop over layers.
     """
 
     def __init__(self, num: int, d_in: int, d_out: int, queries: int, generator: torch.Generator,
-                 width: int = 256, heads: int = 4, head_dim: int = 32):
+                 width: int = 256):
         super().__init__()
-        inner, g = heads * head_dim, generator
-        self.heads, self.head_dim = heads, head_dim
-        self.w_in, self.b_in = _param(g, num, d_in, width, std=d_in ** -0.5), nn.Parameter(torch.zeros(num, width))
-        self.queries = _param(g, num, queries, width, std=1.0)
-        self.w_q = _param(g, num, width, inner, std=width ** -0.5)
-        self.w_kv = _param(g, num, width, 2 * inner, std=width ** -0.5)
-        self.w_o = _param(g, num, inner, width, std=inner ** -0.5)
-        self.w_1 = _param(g, num, width, width, std=width ** -0.5)
-        self.w_2 = _param(g, num, width, width, std=width ** -0.5)
-        self.w_out = _param(g, num, width, d_out, std=width ** -0.5)
-        self.b_out = nn.Parameter(torch.zeros(num, d_out))
-        for name, dim in (("ln_x", width), ("ln_q", width), ("ln_ff", width), ("ln_out", d_out)):
-            setattr(self, name + "_w", nn.Parameter(torch.ones(num, dim)))
-            setattr(self, name + "_b", nn.Parameter(torch.zeros(num, dim)))
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [P, B, L, H*hd] -> [P*B, H, L, hd]
-        p, b, length, _ = t.shape
-        return t.reshape(p * b, length, self.heads, self.head_dim).transpose(1, 2)
+        # Resampler initialises as torch's modules do, from the global RNG: fork it, seeded
+        # from ``generator``, so the probes depend on the seed only and the caller's RNG is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2 ** 62, (), generator=generator)))
+            nets = [Resampler(d_in, width, d_out) for _ in range(num)]
+        stacked, _ = torch.func.stack_module_state(nets)  # name -> [P, ...]; Resampler has no buffers
+        # ParameterDict names may not hold dots; "/" stands for them.
+        self.stacked = nn.ParameterDict({n.replace(".", "/"): nn.Parameter(t) for n, t in stacked.items()})
+        self.queries = _param(generator, num, queries, d_in, std=1.0)  # N(0, 1), as TaskTokens
+        self._net = (nets[0].to("meta"),)  # weightless template for functional_call, not a submodule
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        p, b = h.shape[:2]
-        x = torch.einsum("pbtd,pdw->pbtw", h, self.w_in) + self.b_in[:, None, None]
-        # The queries are the same for every image until the attention: their norm, their
-        # attention query and their own key/value are computed once per probe, not per image.
-        qn = _layer_norm(self.queries, self.ln_q_w, self.ln_q_b)  # [P, Q, W]
-        q_kv = torch.einsum("pqw,pwi->pqi", qn, self.w_kv)[:, None].expand(-1, b, -1, -1)
-        x_kv = torch.einsum("pbtw,pwi->pbti", _layer_norm(x, self.ln_x_w, self.ln_x_b), self.w_kv)
-        k, v = torch.cat([x_kv, q_kv], dim=2).chunk(2, dim=-1)
-        query = torch.einsum("pqw,pwi->pqi", qn, self.w_q)[:, None].expand(-1, b, -1, -1)
-        attn = F.scaled_dot_product_attention(self._heads(query), self._heads(k), self._heads(v))
-        attn = attn.transpose(1, 2).reshape(p, b, self.queries.shape[1], -1)
-        q = self.queries[:, None] + torch.einsum("pbqi,piw->pbqw", attn, self.w_o)
-        ff = F.gelu(torch.einsum("pbqw,pwv->pbqv", _layer_norm(q, self.ln_ff_w, self.ln_ff_b), self.w_1))
-        q = q + torch.einsum("pbqv,pvw->pbqw", ff, self.w_2)
-        out = torch.einsum("pbqw,pwe->pbqe", q, self.w_out) + self.b_out[:, None, None]
-        return _layer_norm(out, self.ln_out_w, self.ln_out_b)
+        params = {n.replace("/", "."): p for n, p in self.stacked.items()}
+
+        def one(p: dict, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self._net[0], p, (x, q[None]))
+        # vmap has batching rules for the CUDA attention kernels but not for CPU flash attention
+        # (it would loop over P): on the CPU, SDPA's math path, plain batched matmuls.
+        cpu = h.device.type == "cpu"
+        with sdpa_kernel(SDPBackend.MATH) if cpu else contextlib.nullcontext():
+            return torch.vmap(one)(params, h, self.queries)
 
 
 def make_probes(kind: str, num: int, d_in: int, d_out: int, queries: int, seed: int,

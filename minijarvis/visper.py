@@ -92,15 +92,17 @@ class Resampler(nn.Module):
         """x [B, L, d_in]; queries [B or 1, Q, d_in]; keys bool [B, L] (True = x[b, p] may be
         attended; None = all). The queries always attend each other. -> [B, Q, d_out]."""
         b = x.shape[0]
-        x, q = self.proj_in(x), self.proj_in(queries).expand(b, -1, -1)
+        # Shared queries ([1, Q]) get their norm, attention query and key/value once, not per image.
+        x, q = self.proj_in(x), self.proj_in(queries)
         q_in = self.norm_q(q)
-        kv = torch.cat([self.norm_x(x), q_in], 1)
+        kv = torch.cat([self.to_kv(self.norm_x(x)), self.to_kv(q_in).expand(b, -1, -1)], 1)
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731
-        k, v = self.to_kv(kv).chunk(2, dim=-1)
+        k, v = kv.chunk(2, dim=-1)
         mask = None
         if keys is not None:
             mask = torch.cat([keys, keys.new_ones(b, q.shape[1])], 1)[:, None, None, :]
-        attn = F.scaled_dot_product_attention(split(self.to_q(q_in)), split(k), split(v), attn_mask=mask)
+        query = self.to_q(q_in).expand(b, -1, -1)
+        attn = F.scaled_dot_product_attention(split(query), split(k), split(v), attn_mask=mask)
         q = q + self.to_out(attn.transpose(1, 2).flatten(2))
         q = q + self.ffn(q)
         return self.norm_out(self.proj_out(q))

@@ -14,6 +14,7 @@ from minijarvis import probe_run as R
 from minijarvis import probing as P
 from minijarvis.errors import run_main
 from minijarvis.model import JarvisModel
+from minijarvis.visper import Resampler
 from tests.conftest import SMALL_MASKS, tiny_config
 
 
@@ -41,6 +42,22 @@ def test_probe_recovers_a_planted_signal_and_not_noise(kind, steps, signal, nois
     flat, token = scores["flat"].mean(1), scores["token"].mean(1)
     assert flat[0] > signal and token[0] > signal, f"{kind}: the planted layer scores {flat[0]:.3f}"
     assert abs(flat[1]) < noise and abs(token[1]) < noise, f"{kind}: the noise layer scores {flat[1]:.3f}"
+
+
+def test_resampler_probes_are_visper_predictors_with_their_own_queries():
+    probes = P.make_probes("resampler", 3, 24, 8, 5, seed=0, width=32)
+    h = torch.randn(3, 4, 7, 24)
+    out = probes(h)
+    assert out.shape == (3, 4, 5, 8) and probes.queries.shape == (3, 5, 24), "queries live in d_llm"
+    for p in range(3):  # probe p = visper.Resampler with the p-th weights, fed its own queries
+        net = Resampler(24, 32, 8)
+        net.load_state_dict({n.replace("/", "."): w[p] for n, w in probes.stacked.items()})
+        shared = net(h[p], probes.queries[p][None])
+        assert torch.allclose(out[p], shared, atol=1e-5), f"probe {p} differs from visper.Resampler"
+        per_image = net(h[p], probes.queries[p][None].expand(4, -1, -1))  # the predictor's own path
+        assert torch.allclose(shared, per_image, atol=1e-5)
+    same, other = (P.make_probes("resampler", 3, 24, 8, 5, seed=s, width=32) for s in (0, 1))
+    assert torch.equal(same(h), out) and not torch.allclose(other(h), out), "init depends on the seed only"
 
 
 def test_cosine_scores_flat_and_per_token():
