@@ -159,11 +159,6 @@ def test_scripts_exit_with_the_status_and_one_line(script, argv, code, needle):
     assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1, done.stderr
 
 
-def test_script_with_debug_prints_the_traceback():
-    done = _run("train.py", "--data", "nope.json", "--debug")
-    assert done.returncode == 1 and "Traceback" in done.stderr and "nope.json: no such file" in done.stderr
-
-
 # ---------------------------------------------------------------- --resume: which flags may differ
 def _saved(**train):
     return {"train": TrainConfig(max_steps=3, batch_size=4, **train), "model": preset("tiny"), "mask": MaskConfig()}
