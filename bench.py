@@ -52,10 +52,11 @@ import torch  # noqa: E402
 
 from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram, environment,  # noqa: E402
                                     fast_random_init, instrumented, make_optimizer, mfu, peak_flops, predictors_fwd_bwd,
-                                    prime_optimizer, static_bytes, synthetic_batch, train_flops, train_step)
+                                    prime_optimizer, set_attention, static_bytes, synthetic_batch, train_flops,
+                                    train_step)
 from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
-                                median, release, tensor_bytes)
+                                median, part_medians, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
 from minijarvis.errors import (ArgumentParser, InputError, UsageError, add_debug_flag, device as device_flag,  # noqa: E402
                                int_at_least, nonnegative_int, positive_float, positive_int, run_main)
@@ -212,12 +213,6 @@ def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=
     return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup)
 
 
-def part_medians(outs: list[dict]) -> dict:
-    """Median ms of every timed part over the measured steps (0 for a part a step skipped)."""
-    names = {k for out in outs for k in out if k != "loss"}
-    return {k: median(out.get(k, 0.0) for out in outs) * 1e3 for k in sorted(names)}
-
-
 def measure_stage1(model, args, device) -> dict:
     """The methods' steps, interleaved; JARVIS's and VisPer-LM's breakdowns (module docstring)."""
     batch = batch_of(model, args.batch_size, "align", args, device)
@@ -251,11 +246,6 @@ def measure_stage1(model, args, device) -> dict:
         out["visper_extra_ms"] = [(v - l - o["visper_targets"]) * 1e3 - p for v, l, o, p in zip(
             times["visper"], times["llava"], outs["visper"], pred)] if "llava" in args.methods else None
     return out
-
-
-def set_attention(model, impl: str) -> None:
-    model.cfg.llm_attn = impl  # JarvisModel then builds a BlockMask for flex_attention
-    model.llm.set_attn_implementation(impl)
 
 
 def measure_attention(model, args, device) -> dict:

@@ -192,6 +192,12 @@ def synthetic_batch(model, batch_size: int, stage: str = "align", caption_len: i
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def set_attention(model, impl: str) -> None:
+    """Switch the LLM's attention backend in place (bench.py's SDPA vs FlexAttention rows)."""
+    model.cfg.llm_attn = impl  # JarvisModel then builds a BlockMask for flex_attention
+    model.llm.set_attn_implementation(impl)
+
+
 @contextlib.contextmanager
 def method_view(model, method: str):
     """Run a JARVIS stage-1 ``JarvisModel`` as ``method``'s forward; yields ``run_jepa``.

@@ -36,6 +36,12 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
+def part_medians(outs: list[dict]) -> dict:
+    """Median ms of every timed part over the measured steps (0 for a part a step skipped)."""
+    names = {k for out in outs for k in out if k != "loss"}
+    return {k: median(out.get(k, 0.0) for out in outs) * 1e3 for k in sorted(names)}
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued kernels: CUDA calls return before the GPU is done."""
     if device.type == "cuda":
