@@ -29,18 +29,17 @@ class VisionEncoder(nn.Module):
 
     ``layer``: the block whose output is returned (negative = from the end: -2 = penultimate,
     LLaVA's F_ctx; -1 = last); ``norm``: pass it through the final norm first (F_tgt, SigLIP's
-    F_ctx). Never the head or pooling. ``out_grid``: resize the token map bilinearly to this
-    (H, W) if it differs from the encoder's own grid. Extra ``timm_kwargs`` go to
-    ``timm.create_model`` (e.g. depth).
+    F_ctx). Never the head or pooling. Extra ``timm_kwargs`` go to ``timm.create_model`` (e.g.
+    depth). (Targets resized to another grid are ``targets.TargetEncoder``.)
 
     Attributes: ``image_size`` (square input side), ``grid`` (H, W) of the returned tokens,
-    ``native_grid`` (own grid at ``image_size``), ``mean``/``std`` (timm data config), ``dim``
-    (D), ``num_prefix_tokens``, ``name``, ``layer`` (as given), ``final_norm``.
+    ``mean``/``std`` (timm data config), ``dim`` (D), ``num_prefix_tokens``, ``name``,
+    ``layer`` (as given), ``final_norm``.
     """
 
     def __init__(self, name: str, pretrained: bool = False, weights: str = "",
                  img_size: int | None = None, *, layer: int = -2, norm: bool = False,
-                 out_grid: tuple[int, int] | None = None, **timm_kwargs):
+                 **timm_kwargs):
         super().__init__()
         if img_size is not None:
             timm_kwargs["img_size"] = img_size
@@ -63,8 +62,7 @@ class VisionEncoder(nn.Module):
         self.std = tuple(float(v) for v in data_cfg["std"])
         self.dim = int(self.model.num_features)
         self.num_prefix_tokens = int(self.model.num_prefix_tokens)
-        self.native_grid = tuple(int(v) for v in self.model.patch_embed.grid_size)
-        self.grid = tuple(int(v) for v in out_grid) if out_grid is not None else self.native_grid
+        self.grid = tuple(int(v) for v in self.model.patch_embed.grid_size)
 
     def train(self, mode: bool = True) -> "VisionEncoder":
         """Stay in eval whatever the parent asks: a frozen encoder never enables dropout."""
@@ -85,8 +83,6 @@ class VisionEncoder(nn.Module):
         (tokens,) = self.model.forward_intermediates(
             x, indices=[self.layer], norm=self.final_norm, output_fmt="NLC",
             intermediates_only=True, stop_early=True)
-        if self.grid != self.native_grid:
-            tokens = resize_token_grid(tokens, self.native_grid, self.grid)
         return tokens.to(out_dtype)
 
 
