@@ -15,6 +15,9 @@ import torch
 from .measure import PartTimer, tensor_bytes
 
 METHODS = ("llava", "jarvis", "nomask", "visper")
+# bench.py's extra view: VisPer-LM's sequence (task tokens after the image) trained on NTP alone,
+# no targets or predictors: llava's step at visper's length, what the task tokens cost the LLM.
+VIEWS = METHODS + ("visper_tokens",)
 
 # Dense bf16 peak of one GPU in TFLOP/s (vendor data sheets, no sparsity). First substring
 # match of torch.cuda.get_device_name() wins, so the more specific names come first.
@@ -205,18 +208,21 @@ def method_view(model, method: str):
     llava: unmasked and purely causal; forward then runs no target encoder and no proj_tgt
     (they run only for the JEPA branch or an alignment loss). jarvis: the masked JEPA step
     (pass run_jepa=True so every step is one). nomask: NTP + alignment at all slots, causal.
+    visper: VisPer-LM's stage 1; visper_tokens: its sequence on NTP alone (:data:`VIEWS`).
     The model's method and bidirectional flag are restored on exit.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method not in VIEWS:
+        raise ValueError(f"method must be one of {', '.join(VIEWS)}; got {method!r}")
     saved = model.cfg.method, model.bidirectional_visual, model.task_tokens, model.visper, model.num_slots
-    model.cfg.method = method if method in ("nomask", "visper") else "jarvis"
+    model.cfg.method = {"nomask": "nomask", "visper": "visper", "visper_tokens": "visper"}.get(method, "jarvis")
     model.bidirectional_visual = False  # llava, nomask, visper are causal; jarvis has its own mask
-    if method != "visper":  # VisPer-LM's parts (attach_visper) sit out the other methods' steps
+    if not method.startswith("visper"):  # VisPer-LM's parts (attach_visper) sit out the other methods' steps
         model.task_tokens = model.visper = None
         model.num_slots = model.num_visual
     elif model.visper is None:
-        raise ValueError("the visper view needs attach_visper(model) first")
+        raise ValueError(f"the {method} view needs attach_visper(model) first")
+    elif method == "visper_tokens":  # the tokens stay in the sequence; no targets, no predictors
+        model.visper = None
     try:
         yield method == "jarvis"
     finally:

@@ -2,6 +2,7 @@
 
 * :func:`dist_info` / :func:`print0`: one helper for (is_distributed, rank, local_rank,
   world_size, device), nanochat-style; torchrun sets the environment, NCCL on CUDA, gloo on CPU.
+* :func:`set_cpu_threads` / :func:`keep_freed_memory`: CPU runs (threads; glibc's allocator).
 * :func:`cosine_lr`: LLaVA's cosine schedule with linear warm-up, as a pure function.
 * :func:`save_trainer_state` / :func:`load_trainer_state`: optimizer, scheduler, step, data
   position and every RNG, as safetensors + JSON (no pickle), so a resumed run is exact.
@@ -10,9 +11,11 @@
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import sys
 import random
 import shutil
 from contextlib import contextmanager
@@ -55,11 +58,39 @@ def set_cpu_threads(model: torch.nn.Module, device: torch.device, threads: int =
     tiny steps took 3.3 s with one thread and 111 s with two on a loaded 2-core machine).
     An explicit OMP_NUM_THREADS is respected.
     """
+    if device.type == "cpu":
+        keep_freed_memory()
     if threads > 0:
         torch.set_num_threads(threads)
     elif (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ
           and sum(p.numel() for p in model.parameters()) < 50_000_000):
         torch.set_num_threads(1)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """CPU training on glibc: keep freed memory in the process instead of returning it to the OS.
+
+    glibc hands out blocks above a moving threshold (128 KiB up to 32 MiB) with mmap and gives
+    them back on free, and trims the heap's free top; the next step's tensors then page-fault
+    their memory in again, zero-filled by the kernel. A step that frees and reallocates tens of
+    MiB each time (VisPer-LM's predictors and their gradients) spent 2,500-87,000 minor faults
+    per step on it, 6-13% of the step (``bench.py --methods llava,visper``, README). Fixing the
+    mmap threshold at its 32 MiB maximum and trimming only above 1 GiB keeps those pages: the
+    process's resident memory stays at its peak, which a training step reaches every time anyway.
+
+    Skipped (returns False) off Linux, under another allocator (``LD_PRELOAD``, e.g. jemalloc or
+    tcmalloc), when ``MALLOC_*`` variables already tune glibc, or where mallopt is absent (musl)."""
+    if (not sys.platform.startswith("linux") or "LD_PRELOAD" in os.environ
+            or any(k.startswith("MALLOC_") for k in os.environ)):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def print0(*args, **kwargs) -> None:

@@ -194,7 +194,8 @@ def visper_losses(model, hidden: dict[int, torch.Tensor], targets: dict, x: dict
     the hooked layer outputs of a :class:`~minijarvis.model.JarvisModel` forward. Samples
     without an image contribute nothing."""
     cfg, keep = model.cfg, x["has_image"]
-    terms = model.visper.losses({layer: h[keep] for layer, h in hidden.items()}, targets,
-                                x["image_start"][keep], x["padding"][keep], model.num_visual,
+    rows = (lambda t: t) if bool(keep.all()) else (lambda t: t[keep])  # no copy when every row has one
+    terms = model.visper.losses({layer: rows(h) for layer, h in hidden.items()}, targets,
+                                rows(x["image_start"]), rows(x["padding"]), model.num_visual,
                                 model.task_tokens, cfg.visper_contrastive, cfg.visper_attend_padding)
     return {**terms, "visper_loss": cfg.visper_weight * sum(terms.values())}

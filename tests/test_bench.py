@@ -162,6 +162,11 @@ def test_method_views_run_the_intended_forward(tiny):
         "VisPer-LM's parts sit out the other views"
     assert model.cfg.method == "jarvis" and model.bidirectional_visual, "a view must restore the model"
     assert model.task_tokens is not None and model.num_slots == model.num_visual + 24
+    with method_view(model, "visper_tokens") as run_jepa:  # visper's sequence, NTP alone
+        assert model.visper is None and model.num_slots == model.num_visual + 24
+        out = model(batch, g, run_jepa=run_jepa)
+    assert "visper_loss" not in out and torch.allclose(out["loss"], out["ntp_loss"])
+    assert model.visper is not None, "the head is back after the view"
 
 
 def test_part_timer_sums_named_parts_and_collect_resets():
@@ -228,10 +233,10 @@ def test_cpu_defaults_keep_a_real_shape_run_to_its_steps():
     before = torch.get_num_threads()
     args = bench.parse_args(["--preset", "gemma2-2b", "--device", "cpu", "--threads", str(before)])
     bench.settle(args)
-    assert (args.batch_size, args.steps, args.warmup, args.methods, args.stage2) == (1, 2, 1, ("llava", "jarvis"), False)
+    assert (args.batch_size, args.steps, args.warmup, args.methods, args.stage2) == (1, 3, 2, ("llava", "jarvis"), False)
     args = bench.parse_args(["--device", "cpu", "--threads", str(before)])
     bench.settle(args)
-    assert (args.batch_size, args.steps, args.methods, args.stage2) == (8, 30, METHODS, True), "tiny: all of it"
+    assert (args.batch_size, args.steps, args.warmup, args.methods, args.stage2) == (8, 30, 1, METHODS, True), "tiny: all of it"
     with pytest.raises(UsageError, match="warmup"):
         bench.settle(bench.parse_args(["--device", "cpu", "--warmup", "0", "--threads", str(before)]))
     with pytest.raises(SystemExit):
@@ -282,6 +287,13 @@ def test_check_visper_pairs_rounds_against_five_percent_of_llava():
     assert [(t["name"], t["passed"]) for t in check_targets(s1)] == [("visper step time", True)]
     s1["visper_extra_ms"] = [5.1, 6.0, 0.0]
     assert [(t["name"], t["passed"]) for t in check_targets(s1)] == [("visper step time", False)]
+    # the second row: against llava at visper's length (the task tokens' share of the LLM counted)
+    s1.update(visper_extra_tokens_ms=[1.0, 2.0, 9.0])
+    s1["visper_breakdown_ms"]["task_tokens_llm"] = 4.0
+    got = check_targets(s1)
+    assert [(t["name"], t["passed"]) for t in got] == [("visper step time", False),
+                                                      ("visper step time, task tokens counted", True)]
+    assert "task tokens in the LLM 4.0" in got[1]["text"]
 
 
 def test_synthetic_batch_follows_the_collate_contract(tiny):
@@ -312,8 +324,11 @@ def test_main_on_tiny_writes_json_and_prints_the_table(tmp_path, capsys):
         assert len(row["steps_ms"]) == 2 and row["step_ms"] > 0 and row["peak_mib"] > row["static_mib"] > 0, m
         assert torch.isfinite(torch.tensor(row["loss"])), f"{m}: non-finite loss"
     assert set(saved["stage1"]["breakdown_ms"]) == set(bench.PARTS)
-    assert [t["name"] for t in saved["targets"]] == ["step time", "masks", "memory", "visper step time"]
-    assert set(saved["stage1"]["visper_breakdown_ms"]) == {"target_encoders", "predictors_fwd", "predictors_fwd_bwd"}
+    assert [t["name"] for t in saved["targets"]] == ["step time", "masks", "memory", "visper step time",
+                                                     "visper step time, task tokens counted"]
+    assert set(saved["stage1"]["visper_breakdown_ms"]) == {"target_encoders", "predictors_fwd", "predictors_fwd_bwd",
+                                                           "task_tokens_llm"}
+    assert len(saved["stage1"]["visper_extra_tokens_ms"]) == 2 and saved["stage1"]["visper_tokens_step_ms"] > 0
     assert saved["stage2"]["methods"]["llava"]["static_mib"] > rows["llava"]["static_mib"], \
         "stage 2 holds LLM gradients' optimizer state: more static memory than stage 1"
     printed = capsys.readouterr().out

@@ -1,7 +1,10 @@
-"""Run-time helpers: the LR schedule, resumable state, atomic checkpoint directories."""
+"""Run-time helpers: glibc's allocator on CPU, the LR schedule, resumable state, atomic checkpoint directories."""
 from __future__ import annotations
 
 import math
+import os
+import resource
+import sys
 
 import pytest
 import torch
@@ -49,3 +52,27 @@ def test_atomic_directory_replaces_whole_and_recovers_from_a_crash_between_renam
     final.rename(tmp_path / "checkpoint.old")  # the state a crash after the first rename leaves
     runtime.recover_checkpoint(final)
     assert (final / "a").read_text() == "2"
+
+
+def test_keep_freed_memory_stops_refaulting_what_a_step_frees(monkeypatch):
+    """Ten 20 MiB tensors made and freed per 'step': glibc returns them to the OS (mmap, or a
+    heap trim above its 64 MiB trim ceiling), so each step faults every page in again (51,162
+    of 51,200 pages measured here); kept, the next step reuses them."""
+    keep_freed_memory = runtime.keep_freed_memory
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt: Linux only")
+    for k in [k for k in os.environ if k.startswith("MALLOC_")] + ["LD_PRELOAD"]:
+        monkeypatch.delenv(k, raising=False)
+    if not keep_freed_memory():
+        pytest.skip("not glibc (mallopt absent)")
+
+    def step():
+        return [torch.ones(20 << 20, dtype=torch.uint8) for _ in range(10)]
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        step()
+    faults, pages = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2, 10 * (20 << 20) // 4096
+    assert faults < 0.25 * pages, f"{faults:.0f} page faults per step for {pages} pages freed and made again"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert not keep_freed_memory(), "glibc tuned by the user's MALLOC_* variables: left alone"
