@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_batch, tiny_config
+from conftest import FAMILIES, make_batch, tiny_config
 from minijarvis.losses import info_nce
 from minijarvis.model import JarvisModel, layer_outputs
 from minijarvis.runtime import read_log
@@ -276,6 +276,29 @@ def test_stage2_keeps_tokens_frozen_in_the_checkpoint_and_drops_the_head(tmp_pat
     assert not any(k.startswith("visper.") for k in keys), "no predictor, temperature or target"
     again = JarvisModel.from_checkpoint(tmp_path / "s2")
     assert torch.equal(again.task_tokens(), tokens)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_both_stages_run_on_every_llm_family(family, tmp_path):
+    """Stage 1 trains every (target, layer) term with the LLM untouched; its checkpoint starts
+    stage 2, which trains the LLM, keeps the tokens and generates with them in the sequence."""
+    model = _model(family=family)
+    llm = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    batch = make_batch(model, 2)
+    out = model(batch)
+    terms = {k: v for k, v in out.items() if k.startswith("visper/")}
+    assert len(terms) == 6 and all(torch.isfinite(v) and v > 0 for v in terms.values()), terms
+    out["loss"].backward()
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in llm.items()), "stage 1: LLM frozen"
+    model.save_checkpoint(tmp_path / "s1")
+    stage2 = JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune")
+    tokens, head = stage2.task_tokens().clone(), stage2.llm.lm_head.weight.clone()
+    _step(stage2, make_batch(stage2, 2), lr=1e-3)
+    assert torch.equal(stage2.task_tokens(), tokens) and not torch.equal(stage2.llm.lm_head.weight, head)
+    stage2.eval()
+    images = torch.rand(1, 3, stage2.image_size, stage2.image_size)
+    assert len(stage2.generate(images, ["what?"], max_new_tokens=2)) == 1
 
 
 def test_inference_keeps_the_task_tokens_in_the_sequence():
