@@ -1,7 +1,7 @@
 """Speed and memory of minijarvis training steps, with random weights at a preset's real shape.
 
     python bench.py                          # tiny preset, CPU, about 16 s
-    python bench.py --preset gemma2-2b       # real shape on CPU: batch 1, llava + jarvis, 1 + 2 rounds
+    python bench.py --preset gemma2-2b       # real shape on CPU: batch 1, llava + jarvis, 2 + 3 rounds
     python bench.py --cuda-suite             # one GPU: the README's speed/memory table
     python bench.py --preset vicuna-7b --attn-compare      # the suite's second half alone (GPU)
 
