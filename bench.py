@@ -21,7 +21,9 @@ hits them alike:
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
   * ``visper``: VisPer-LM's step (``bench_utils.attach_visper``); breakdown: targets' forward
-    (inside the steps), predictors' fwd + bwd (alone after each step: ``predictors_fwd_bwd``), rest;
+    (inside the steps), predictors' fwd + bwd (alone after each step: ``predictors_fwd_bwd``),
+    the task tokens in the LLM (``visper_tokens``, llava at visper's length, an extra step of
+    the same rounds, minus llava), rest;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
@@ -30,7 +32,8 @@ LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and 
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
-Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt, visper - llava - targets - predictors, by round.
+Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt, visper - llava - targets - predictors
+(the issue's form) and visper - llava at visper's length - targets - predictors, by round.
 Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
@@ -87,8 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attn", choices=ATTN_IMPLS, default="auto", help="LLM attention (auto: eager for Gemma2, else sdpa)")
     p.add_argument("--keep-dropped-slots", action="store_true", help="masked steps compute the dropped slots, as the release (train.py's flag)")
     p.add_argument("--attn-compare", action="store_true", help="also time SDPA vs FlexAttention (CUDA, Llama-style LLMs)")
-    p.add_argument("--methods", default=None, help="stage-1 methods to time, comma list; jarvis gives the breakdown "
-                   "(default: all three; llava,jarvis for a real shape on CPU)")
+    p.add_argument("--methods", default=None, help="stage-1 methods to time, comma list; jarvis and visper give "
+                   "breakdowns, visper also times llava at its length (default: all; llava,jarvis for a real shape on CPU)")
     p.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=None,
                    help="time a stage-2 step too (default: on, except for a real shape on CPU)")
     p.add_argument("--peak-tflops", type=positive_float, default=None, help="GPU bf16 dense peak for MFU if not in bench_utils' table")
@@ -215,7 +218,8 @@ def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=
     if "visper" in fns:  # visper's sequence on NTP alone; after each visper step, its predictors alone
         fns["visper_tokens"] = step("visper_tokens")
         fns["visper_predictors"] = lambda: predictors_fwd_bwd(model, timer.captured, args.bf16)
-    return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup)
+    return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup,
+                       desc=f"{'/'.join(methods)}: rounds")
 
 
 def measure_stage1(model, args, device) -> dict:
@@ -343,6 +347,7 @@ def measure_stage2(model, args, device) -> dict:
 def run(args) -> dict:
     device = settle(args)
     start = time.perf_counter()
+    print(f"building {args.preset} (random weights) on {device.type} ...", file=sys.stderr, flush=True)
     model = build_model(args, device)
     layers, full = model.llm.config.get_text_config().num_hidden_layers, preset(args.preset).llm_arch["num_hidden_layers"]
     name = args.preset + (f" ({layers} of {full} layers)" if layers != full else "")

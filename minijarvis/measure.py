@@ -24,6 +24,7 @@ import time
 import weakref
 
 import torch
+from tqdm import tqdm
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils._pytree import tree_leaves
 
@@ -204,9 +205,10 @@ class PartTimer:
 
 
 def interleaved(fns: dict, steps: int, warmup: int, device: torch.device,
-                setup: dict | None = None) -> tuple[dict, dict, dict]:
+                setup: dict | None = None, desc: str | None = None) -> tuple[dict, dict, dict]:
     """``warmup`` + ``steps`` rounds, each calling every fn once in order (``setup[name]()``
-    first, untimed), so that machine noise hits all of them alike.
+    first, untimed), so that machine noise hits all of them alike. ``desc``: a progress bar
+    of the rounds on stderr under that name (none without).
 
     Returns ({name: [seconds per measured round]}, {name: transient peak bytes},
     {name: [fn's return value per measured round]}). Peaks: CUDA, the most over the measured
@@ -216,7 +218,7 @@ def interleaved(fns: dict, steps: int, warmup: int, device: torch.device,
     if device.type != "cuda" and warmup < 1:
         raise ValueError("on CPU the first warm-up round measures memory: use warmup >= 1")
     times, peaks, outs = {k: [] for k in fns}, {k: 0 for k in fns}, {k: [] for k in fns}
-    for i in range(warmup + steps):
+    for i in tqdm(range(warmup + steps), desc=desc, unit="round", leave=False, disable=desc is None):
         for name, fn in fns.items():
             if setup and name in setup:
                 setup[name]()
