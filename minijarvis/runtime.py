@@ -212,18 +212,21 @@ def truncate_log(path: Path, step: int) -> None:
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
-    """Loss curves (total, NTP, JEPA/alignment, VisPer-LM's terms) against the optimizer step."""
+def plot_log(log_path: Path, png_path: Path, title: str = "") -> list[str]:
+    """Loss curves (total, NTP, JEPA/alignment, VisPer-LM's terms) against the optimizer step.
+    Returns the keys drawn, in order."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays untouched
 
     rows = [r for r in read_log(log_path) if "loss" in r]
     fig = Figure(figsize=(6, 3.5), dpi=100)
     ax = fig.subplots()
     terms = sorted({k for r in rows for k in r if k.startswith("visper/")})  # visper/<task>/l<j>
+    drawn = []
     for key in ("loss", "ntp_loss", "jepa_loss", "align_loss", "visper_loss", *terms):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), label=key.replace("_", " "), lw=0.8 if key in terms else 1.5)
+            drawn.append(key)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -231,3 +234,4 @@ def plot_log(log_path: Path, png_path: Path, title: str = "") -> None:
     ax.legend(fontsize=7 if terms else None, ncol=2 if terms else 1)
     fig.tight_layout()
     fig.savefig(png_path)
+    return drawn

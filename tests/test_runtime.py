@@ -76,3 +76,13 @@ def test_keep_freed_memory_stops_refaulting_what_a_step_frees(monkeypatch):
     assert faults < 0.25 * pages, f"{faults:.0f} page faults per step for {pages} pages freed and made again"
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert not keep_freed_memory(), "glibc tuned by the user's MALLOC_* variables: left alone"
+
+
+def test_plot_log_draws_each_visper_term_by_name(tmp_path):
+    import json
+    rows = [dict(step=s, loss=3.0 - s, ntp_loss=2.0, visper_loss=1.0 - s / 4, **{"visper/depth/l8": 0.5,
+            "visper/gen/l20": 0.4}) for s in (1, 2)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = runtime.plot_log(tmp_path / "log.jsonl", tmp_path / "loss.png", "visper - align")
+    assert drawn == ["loss", "ntp_loss", "visper_loss", "visper/depth/l8", "visper/gen/l20"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
