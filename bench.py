@@ -1,6 +1,6 @@
 """Speed and memory of minijarvis training steps, with random weights at a preset's real shape.
 
-    python bench.py                          # tiny preset, CPU, about 16 s
+    python bench.py                          # tiny preset, CPU, about 25 s
     python bench.py --preset gemma2-2b       # real shape on CPU: batch 1, llava + jarvis, 2 + 3 rounds
     python bench.py --cuda-suite             # one GPU: the README's speed/memory table
     python bench.py --preset vicuna-7b --attn-compare      # the suite's second half alone (GPU)
@@ -117,7 +117,7 @@ def settle(args) -> torch.device:
 
     A real shape on a CPU is a smoke test of speed and memory at small batch: batch 1, llava
     and jarvis only, two warm-up rounds (the first also measures memory) and three measured
-    rounds, no stage 2, so Gemma2-2B prints its table in about three minutes on two cores (README)."""
+    rounds, no stage 2, so Gemma2-2B prints its table in about 1.5 minutes on two cores (README)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     cuda, tiny = device.type == "cuda", args.preset == "tiny"
     real_cpu = not cuda and not tiny

@@ -56,7 +56,7 @@ def set_cpu_threads(model: torch.nn.Module, device: torch.device, threads: int =
     A tiny model's matrices are too small to gain from intra-op threads, and OpenMP threads
     that spin-wait collapse when the cores are busy with anything else (measured here: 16
     tiny steps took 3.3 s with one thread and 111 s with two on a loaded 2-core machine).
-    An explicit OMP_NUM_THREADS is respected.
+    An explicit OMP_NUM_THREADS is respected. On the CPU it also calls :func:`keep_freed_memory`.
     """
     if device.type == "cpu":
         keep_freed_memory()
