@@ -20,10 +20,8 @@ hits them alike:
     carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
-  * ``visper``: VisPer-LM's step (``bench_utils.attach_visper``); breakdown: targets' forward
-    (inside the steps), predictors' fwd + bwd (alone after each step: ``predictors_fwd_bwd``),
-    the task tokens in the LLM (``visper_tokens``, llava at visper's length, an extra step of
-    the same rounds, minus llava), rest;
+  * ``visper``: VisPer-LM's step (``bench_utils.attach_visper``), with llava at its length as
+    one more step of each round; breakdown and targets: ``bench_utils.visper_parts``;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
@@ -32,8 +30,7 @@ LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and 
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
-Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt, visper - llava - targets - predictors
-(the issue's form) and visper - llava at visper's length - targets - predictors, by round.
+Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt and visper's two forms, by round.
 Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
@@ -56,7 +53,7 @@ import torch  # noqa: E402
 from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram, environment,  # noqa: E402
                                     fast_random_init, instrumented, make_optimizer, mfu, peak_flops, predictors_fwd_bwd,
                                     prime_optimizer, set_attention, static_bytes, synthetic_batch, train_flops,
-                                    train_step)
+                                    train_step, visper_parts)
 from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
 from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, part_medians, release, tensor_bytes)
@@ -133,8 +130,7 @@ def settle(args) -> torch.device:
     args.grad_ckpt = cuda if args.grad_ckpt is None else args.grad_ckpt
     if not cuda:
         keep_freed_memory()  # as train.py's CPU runs (runtime.set_cpu_threads)
-    if not cuda and tiny and args.threads is None:
-        args.threads = 1  # tiny ops gain nothing from more threads, and a busy machine hurts less
+        args.threads = 1 if tiny and args.threads is None else args.threads  # tiny ops gain nothing from more threads, and a busy machine hurts less
     if args.threads:
         torch.set_num_threads(args.threads)
     return device
@@ -218,8 +214,8 @@ def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=
     if "visper" in fns:  # visper's sequence on NTP alone; after each visper step, its predictors alone
         fns["visper_tokens"] = step("visper_tokens")
         fns["visper_predictors"] = lambda: predictors_fwd_bwd(model, timer.captured, args.bf16)
-    return interleaved(fns, args.steps, args.warmup if warmup is None else warmup, device, setup,
-                       desc=f"{'/'.join(methods)}: rounds")
+    warmup = args.warmup if warmup is None else warmup
+    return interleaved(fns, args.steps, warmup, device, setup, desc=f"{'/'.join(methods)}: rounds")
 
 
 def measure_stage1(model, args, device) -> dict:
@@ -248,18 +244,8 @@ def measure_stage1(model, args, device) -> dict:
             activations = pm.transient
         out["target_encoder_mib"] = dict(weights=tensor_bytes(model.target_encoder.parameters()) / MIB,
                                          activations=activations / MIB)
-    if "visper" in args.methods:  # what visper adds, paired round by round as jarvis's extra_ms
-        vp, pred = part_medians(outs["visper"]), [t * 1e3 for t in times["visper_predictors"]]
-        out["visper_breakdown_ms"] = dict(target_encoders=vp["visper_targets"], predictors_fwd=vp["visper_predictors_fwd"],
-                                          predictors_fwd_bwd=median(pred))
-        out["visper_tokens_step_ms"] = median(times["visper_tokens"]) * 1e3
-        # against llava (the issue's form) and against llava at visper's length (the task tokens counted)
-        for key, base in (("visper_extra_ms", "llava"), ("visper_extra_tokens_ms", "visper_tokens")):
-            out[key] = [(v - b - o["visper_targets"]) * 1e3 - p for v, b, o, p in zip(
-                times["visper"], times[base], outs["visper"], pred)] if base in times else None
-        if "llava" in args.methods:
-            out["visper_breakdown_ms"]["task_tokens_llm"] = median(
-                (t - l) * 1e3 for t, l in zip(times["visper_tokens"], times["llava"]))
+    if "visper" in args.methods:
+        out.update(visper_parts(times, outs))
     return out
 
 

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from .measure import PartTimer, tensor_bytes
+from .measure import PartTimer, median, part_medians, tensor_bytes
 
 METHODS = ("llava", "jarvis", "nomask", "visper")
 # bench.py's extra view: VisPer-LM's sequence (task tokens after the image) trained on NTP alone,
@@ -261,6 +261,24 @@ def predictors_fwd_bwd(model, captured: dict, bf16: bool = False) -> dict:
     for p in model.parameters():
         p.grad = None
     return dict(loss=float(loss.detach()))
+
+
+def visper_parts(times: dict, outs: dict) -> dict:
+    """VisPer-LM's breakdown and what it adds, paired round by round (as jarvis's extra_ms), from
+    :func:`~minijarvis.measure.interleaved`'s times and outs of the visper, visper_tokens and
+    visper_predictors steps (and llava's, if it ran): ms. ``visper_extra_ms`` subtracts llava
+    (the issue's form), ``visper_extra_tokens_ms`` llava at visper's length (the tokens counted)."""
+    vp, pred = part_medians(outs["visper"]), [t * 1e3 for t in times["visper_predictors"]]
+    out = dict(visper_breakdown_ms=dict(target_encoders=vp["visper_targets"], predictors_fwd=vp["visper_predictors_fwd"],
+                                        predictors_fwd_bwd=median(pred)),
+               visper_tokens_step_ms=median(times["visper_tokens"]) * 1e3)
+    for key, base in (("visper_extra_ms", "llava"), ("visper_extra_tokens_ms", "visper_tokens")):
+        out[key] = [(v - b - o["visper_targets"]) * 1e3 - p for v, b, o, p in zip(
+            times["visper"], times[base], outs["visper"], pred)] if base in times else None
+    if "llava" in times:
+        out["visper_breakdown_ms"]["task_tokens_llm"] = median(
+            (t - l) * 1e3 for t, l in zip(times["visper_tokens"], times["llava"]))
+    return out
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -47,13 +47,20 @@ def test_tokens_rule_averages_the_normed_blocks_without_prefix():
     assert not torch.allclose(out, last_only, atol=1e-3), "both blocks must count"
 
 
-def test_swin_target_is_last_stage_normed_and_resized_to_the_grid():
-    target = _build("tiny-seg")
+def _with_final_norm(target):
+    """The target's features of two images, and what its model's final norm gave on the way."""
     seen = []
     handle = target.model.norm.register_forward_hook(lambda m, a, out: seen.append(out))
-    out = target(_images())
-    handle.remove()
-    native = seen[0].permute(0, 3, 1, 2)  # timm Swin runs NHWC
+    try:
+        return target(_images()), seen[0]
+    finally:
+        handle.remove()
+
+
+def test_swin_target_is_last_stage_normed_and_resized_to_the_grid():
+    target = _build("tiny-seg")
+    out, normed = _with_final_norm(target)
+    native = normed.permute(0, 3, 1, 2)  # timm Swin runs NHWC
     assert native.shape[2:] == (6, 6) and target.native_grid == (6, 6), "stride 32 at 192 px"
     expected = F.interpolate(native, size=(12, 12), mode="bilinear", align_corners=False)
     assert torch.allclose(out, expected.flatten(2).transpose(1, 2), atol=1e-5)
@@ -72,12 +79,9 @@ def test_pooled_rule_is_the_projected_embedding_at_the_targets_own_resolution():
 
 def test_jarvis_target_preset_is_last_block_normed():
     target = _build("tiny-dinov2")
-    seen = []
-    handle = target.model.norm.register_forward_hook(lambda m, a, out: seen.append(out))
-    out = target(_images())
-    handle.remove()
+    out, normed = _with_final_norm(target)
     assert target.spec.blocks == (-1,) and target.spec.name == "dino"
-    assert torch.allclose(out, seen[0][:, 5:], atol=1e-6)
+    assert torch.allclose(out, normed[:, 5:], atol=1e-6)
 
 
 @pytest.mark.parametrize("key, shape", [("depth-anything-v2-l", (1, 576, 1024)),
