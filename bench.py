@@ -29,8 +29,8 @@ Precision follows train.py --bf16: frozen networks in bf16, what trains in fp32 
 LLM's fp32 master weights; if even batch 1 does not fit, pure bf16 weights, and the JSON says so).
 Memory per method = static (weights of that method's model + its optimizer state, created
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
-the measured steps, CPU from the first warm-up round (see minijarvis/measure.py).
-Targets (``minijarvis.bench_report``): jarvis - llava - F_tgt and visper's two forms, by round.
+the measured steps, CPU from the first warm-up round (see minijarvis/bench/measure.py).
+Targets (``minijarvis.bench.report``): jarvis - llava - F_tgt and visper's two forms, by round.
 Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
@@ -50,18 +50,18 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from minijarvis.bench_utils import (METHODS, attach_visper, autocast, available_ram, environment,  # noqa: E402
+from minijarvis.bench.steps import (METHODS, attach_visper, autocast, available_ram, environment,  # noqa: E402
                                     fast_random_init, instrumented, make_optimizer, mfu, peak_flops, predictors_fwd_bwd,
                                     prime_optimizer, set_attention, static_bytes, synthetic_batch, train_flops,
                                     train_step, visper_parts)
-from minijarvis.bench_report import check_targets, print_report, readme_table  # noqa: E402
-from minijarvis.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
+from minijarvis.bench.report import check_targets, print_report, readme_table  # noqa: E402
+from minijarvis.bench.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, part_medians, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
 from minijarvis.errors import (ArgumentParser, InputError, UsageError, add_debug_flag, device as device_flag,  # noqa: E402
                                int_at_least, nonnegative_int, positive_float, positive_int, run_main)
 from minijarvis.model import JarvisModel  # noqa: E402
-from minijarvis.runtime import keep_freed_memory  # noqa: E402
+from minijarvis.training.runtime import keep_freed_memory  # noqa: E402
 
 PARTS = ("target_encoder", "mask_sampling", "mask_building", "llm_fwd_bwd", "llm_fwd_bwd_causal")
 SUITE = ("gemma2-2b", "vicuna-7b")  # the release's smallest LLM; a 7B Llama (SDPA vs Flex)
@@ -139,7 +139,7 @@ def settle(args) -> torch.device:
 def build_model(args, device) -> JarvisModel:
     """JARVIS stage 1 at the preset's shape. Real shapes get fast random weights
     (``bench_utils.fast_random_init``), built directly in bf16 with --bf16: Gemma2-2B takes
-    4 s instead of a minute on a CPU. Then, as minijarvis.cli._place: frozen networks in bf16,
+    4 s instead of a minute on a CPU. Then, as minijarvis.training.cli._place: frozen networks in bf16,
     what trains in fp32."""
     cfg = preset(args.preset, pretrained=False)
     real = args.preset != "tiny"
@@ -251,7 +251,7 @@ def measure_stage1(model, args, device) -> dict:
 
 def measure_attention(model, args, device) -> dict:
     """Stage-1 llava and jarvis steps with SDPA (JARVIS: dense additive 4D mask) vs
-    FlexAttention (JARVIS: BlockMask from inference.to_block_mask); same weights, interleaved."""
+    FlexAttention (JARVIS: BlockMask from attn_mask.to_block_mask); same weights, interleaved."""
     if device.type != "cuda":
         return dict(skipped="FlexAttention has no backward on CPU (DESIGN.md section 5)")
     if model.llm.config.model_type == "gemma2":
@@ -388,8 +388,8 @@ def main(argv=None) -> dict:
     if args.output and Path(args.output).is_dir():
         raise InputError(f"{args.output}: a folder; --output is the JSON file to write")
     args.command = " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)])
-    if args.stage2_padding:  # no model: the data order alone (minijarvis/padbench.py)
-        from minijarvis.padbench import report, stage2_padding
+    if args.stage2_padding:  # no model: the data order alone (minijarvis/bench/padding.py)
+        from minijarvis.bench.padding import report, stage2_padding
         result = stage2_padding(seed=args.seed)
         print(report(result))
         return result

@@ -34,11 +34,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minijarvis import benchmarks as B
-from minijarvis.data import BadRecord, load_image
+from minijarvis.evaluation import benchmarks as B
+from minijarvis.data.llava import BadRecord, load_image
 from minijarvis.errors import (ArgumentParser, InputError, add_debug_flag, device, nonnegative_int,
                                positive_int, run_main)
-from minijarvis.runtime import set_cpu_threads
+from minijarvis.training.runtime import set_cpu_threads
+from minijarvis.evaluation.inference import generate, score_options
+from minijarvis.training.checkpoint import load_checkpoint
 
 LOADERS = {"cvbench": B.load_cvbench, "mmvp": B.load_mmvp, "blink": B.load_blink,
            "realworldqa": B.load_realworldqa}
@@ -80,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_inputs(args) -> None:
     """Every folder the flags name, checked before any model loads: one InputError each."""
-    from minijarvis.checkpoint import check_checkpoint_dir
+    from minijarvis.training.checkpoint import check_checkpoint_dir
 
     for ckpt in args.checkpoint:
         check_checkpoint_dir(ckpt)
@@ -115,13 +117,13 @@ def answer(model, images: torch.Tensor, items: list[B.Item], args) -> list[dict]
     generated = [i for i in range(len(items)) if i not in scored]
     if scored:
         options = [B.option_strings(items[i], args.score_target) for i in scored]
-        scores = model.score_options(images[scored], [items[i].prompt for i in scored], options, normalize=True)
+        scores = score_options(model, images[scored], [items[i].prompt for i in scored], options, normalize=True)
         for i, opts, s in zip(scored, options, scores):
             k = int(s.argmax())
             out[i] = dict(reply=opts[k], prediction=B.LETTERS[k], correct=B.LETTERS[k] == items[i].answer,
                           method="likelihood", scores=[round(float(v), 4) for v in s])
     if generated:
-        replies = model.generate(images[generated], [items[i].prompt for i in generated], args.max_new_tokens)
+        replies = generate(model, images[generated], [items[i].prompt for i in generated], args.max_new_tokens)
         for i, reply in zip(generated, replies):
             prediction, correct = B.judge(items[i], reply)
             out[i] = dict(reply=reply, prediction=prediction, correct=correct, method="generate")
@@ -246,8 +248,6 @@ def _labels(dirs: list[str]) -> list[str]:
 
 def main(argv=None) -> dict:
     """Run the CLI; returns the JSON result (also written to --output-dir)."""
-    from minijarvis.model import JarvisModel
-
     args = parse_args(argv)
     check_inputs(args)
     # A missing image without --skip-missing raises BadRecord, an InputError: one line (run_main).
@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
     runs = []
     for ckpt, label in zip(args.checkpoint, _labels(args.checkpoint)):
         t0 = time.time()
-        model = JarvisModel.from_checkpoint(ckpt).to(args.device).eval()
+        model = load_checkpoint(ckpt).to(args.device).eval()
         if isinstance(model, torch.nn.Module):  # (tests pass stand-ins)
             set_cpu_threads(model, torch.device(args.device))
         records, bad_images = evaluate(model, items, args, label)

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from minijarvis import probe_report
-from minijarvis import probe_run as R
+from minijarvis.probes import report as probe_report
+from minijarvis.probes import run as R
 from minijarvis.errors import UsageError, add_debug_flag, nonnegative_int, positive_float, positive_int, run_main
-from minijarvis.probing import PROBES
+from minijarvis.probes.core import PROBES
 
 
 def test_fraction(text: str) -> float:

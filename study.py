@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from minijarvis import study as S
+from minijarvis.toyworld import study as S
 from minijarvis.config import METHODS
 from minijarvis.errors import UsageError, add_debug_flag, nonnegative_int, positive_int, run_main
 

@@ -24,7 +24,7 @@ Other rows of the paper's table: ``--method llava|nomask|viral`` (VIRAL: stage 1
 stage 2 ``--method viral``). A run writes ``OUTPUT/`` (final model), ``OUTPUT/checkpoint/``
 (resumable state, every ``--save-every`` steps and on Ctrl-C), ``OUTPUT/log.jsonl`` and
 ``OUTPUT/loss.png``. ``--resume`` continues exactly where the checkpoint stopped, with the
-plan it started with (flags that would change it are refused: minijarvis/resume.py).
+plan it started with (flags that would change it are refused: minijarvis/training/resume.py).
 
 A bad flag value or an unusable file ends the run with one line and exit status 2 (usage) or 1
 (file); ``--debug`` shows the Python traceback instead (minijarvis/errors.py).
@@ -43,12 +43,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minijarvis import runtime, trackers
-from minijarvis.cli import build_run, parse_args
-from minijarvis.data import format_skips
+from minijarvis.training import runtime
+from minijarvis.training import trackers
+from minijarvis.training.cli import build_run, parse_args
+from minijarvis.data.llava import format_skips
 from minijarvis.errors import InputError, UsageError, run_main
-from minijarvis.runtime import print0
-from minijarvis.sampler import epoch_batches
+from minijarvis.training.runtime import print0
+from minijarvis.data.sampler import epoch_batches
+from minijarvis.training.checkpoint import save_checkpoint
 
 
 def _visper_keys(out: dict) -> list[str]:
@@ -78,7 +80,7 @@ class Trainer:
         self.total = tcfg.max_steps if tcfg.max_steps > 0 else max(1, math.floor(tcfg.epochs * steps_per_epoch))
         self.step, self.position, self.num_skipped = 0, (0, 0), 0
         self.stop_requested = False
-        self.tracker = None  # --report-to: set by main() on rank 0 (minijarvis.trackers)
+        self.tracker = None  # --report-to: set by main() on rank 0 (minijarvis.training.trackers)
         self.wrapped = self._wrap()
         self.optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
                                            betas=(0.9, 0.999), fused=info.device.type in ("cuda", "cpu"))
@@ -260,7 +262,7 @@ class Trainer:
         positions = self._positions()
         if self.info.rank == 0:
             with runtime.write_dir_atomically(self.ckpt_dir) as tmp:
-                self.model.save_checkpoint(tmp, state=model_state, **self._configs())
+                save_checkpoint(self.model, tmp, state=model_state, **self._configs())
                 progress = dict(step=self.step, positions=positions, total=self.total,
                                 skipped=self.num_skipped)
                 runtime.save_trainer_state(tmp, optim_state, progress, self._generators())
@@ -271,7 +273,7 @@ class Trainer:
         """The trained model in ``output`` itself (what --init and eval.py take)."""
         model_state, _ = self._full_states()
         if self.info.rank == 0:
-            self.model.save_checkpoint(self.output, state=model_state, **self._configs())
+            save_checkpoint(self.model, self.output, state=model_state, **self._configs())
         self._barrier()
 
     def resume(self) -> None:
@@ -332,7 +334,7 @@ def main(argv=None, on_step=None) -> int:
     args = parse_args(argv)
     trackers.require(args.report_to)  # a missing package fails now, not after loading a model
     info = runtime.dist_info()
-    run = build_run(args, info)  # model, data, configs, output dir (see minijarvis/cli.py)
+    run = build_run(args, info)  # model, data, configs, output dir (see minijarvis/training/cli.py)
     trainer = Trainer(run.model, run.dataset, run.collate, run.train_cfg, info, run.output)
     if args.resume:
         trainer.resume()

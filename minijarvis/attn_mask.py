@@ -340,3 +340,20 @@ def _benchmark(batch: int = 16, seq_len: int = 1024, grid: int = 24, repeats: in
         print(f"build_additive_mask {str(dtype):15s}"
               f"{median(lambda: build_additive_mask(layout, start, seq_len, padding, dtype=dtype)):8.1f} ms")
         print(f"to_additive {str(dtype):23s}{median(lambda: to_additive(mask, dtype)):8.1f} ms")
+
+
+def to_block_mask(mask: torch.Tensor):
+    """A FlexAttention ``BlockMask`` from a dense bool mask [B,1,L,L] (True = may attend).
+
+    FlexAttention skips fully masked 128x128 blocks, so JARVIS's sparse layout costs less
+    than a dense additive mask. Forward works on CPU; the backward needs CUDA (DESIGN.md §5).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = mask[:, 0]
+    bsz, length = dense.shape[0], dense.shape[-1]
+
+    def mask_mod(b, h, q, kv):
+        return dense[b, q, kv]
+
+    return create_block_mask(mask_mod, bsz, None, length, length, device=mask.device)

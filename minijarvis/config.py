@@ -24,7 +24,7 @@ ATTN_IMPLS = ("auto", "sdpa", "eager", "flex_attention")
 IMAGE_ASPECTS = ("pad", "resize", "crop")
 # The release reads the context features per encoder family (see ModelConfig.context_features).
 CONTEXT_LAYERS = {"penultimate": -2, "last": -1}
-TRACKERS = ("none", "tensorboard", "wandb")  # --report-to (minijarvis.trackers)
+TRACKERS = ("none", "tensorboard", "wandb")  # --report-to (minijarvis.training.trackers)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ModelConfig:
     llm_pretrained: bool = False
     llm_arch: dict = field(default_factory=dict)
     llm_attn: str = "auto"  # auto = eager for Gemma2 (soft-capping), sdpa otherwise
-    tokenizer: str = "builtin"  # "builtin" = offline BPE (minijarvis.tokenizer); else hub id/dir
+    tokenizer: str = "builtin"  # "builtin" = offline BPE (minijarvis.llm); else hub id/dir
     # Context encoder F_ctx (timm name). Weights: pretrained from the hub, a local file, or random.
     ctx_encoder: str = "vit_base_patch16_clip_224"
     ctx_pretrained: bool = False
@@ -106,8 +106,6 @@ class ModelConfig:
         if self.jepa_layer is not None and self.jepa_layer < 1:
             raise ValueError(f"jepa_layer must be >= 1 (hidden_states index), got {self.jepa_layer}")
         if self.method == "visper":
-            from .visper import parse_targets  # clear errors for bad specs at start-up
-            parse_targets(self.visper_targets)
             if self.visper_weight < 0 or not 0.0 <= self.visper_contrastive:
                 raise ValueError("visper_weight and visper_contrastive must be >= 0")
         if self.max_length < 8:
@@ -169,7 +167,7 @@ class TrainConfig:
     plain_style: str = "release"  # stage-1 template: release (no BOS/"\n") or llava (BOS, "\n")
     lambda_per_rank: bool = False  # release: each rank draws the lambda coin on its own
     group_by_modality_length: bool = False  # release stage 2: batches of one modality, similar lengths (sampler.py)
-    report_to: str = "none"  # experiment tracker: none, tensorboard or wandb (minijarvis.trackers)
+    report_to: str = "none"  # experiment tracker: none, tensorboard or wandb (minijarvis.training.trackers)
 
     def validate(self) -> None:
         _choice("stage", self.stage, STAGES)

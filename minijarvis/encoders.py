@@ -125,22 +125,6 @@ def build_context_encoder(cfg: ModelConfig) -> VisionEncoder:
                          norm=norm, **cfg.ctx_kwargs)
 
 
-def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int]):
-    """JARVIS's F_tgt from ``cfg.tgt_*``: a target (``targets.py``) with the tokens rule at the
-    last block (final-normed, prefix tokens dropped), run at ``image_size`` (F_ctx's resolution)
-    and resized bilinearly to ``grid`` if needed. VisPer-LM's targets share this implementation."""
-    from .targets import TargetEncoder, TargetSpec  # targets.py builds on this module
-    kwargs = dict(cfg.tgt_kwargs)
-    given = kwargs.pop("img_size", image_size)
-    if given not in (image_size, (image_size, image_size), [image_size, image_size]):
-        raise ValueError(f"tgt_kwargs img_size={given} conflicts with the context resolution "
-                         f"{image_size}: the target encoder always runs at the context resolution; "
-                         "drop img_size from tgt_kwargs")
-    spec = TargetSpec(name="tgt", encoder=cfg.tgt_encoder, rule="tokens", blocks=(-1,),
-                      kwargs=kwargs, weights=cfg.tgt_weights, pretrained=cfg.tgt_pretrained)
-    return TargetEncoder(spec, image_size, grid)
-
-
 class _MissingKeys(logging.Handler):
     """Collects timm's "Missing keys" log line. With num_classes=0 timm loads non-strictly and
     reports missing keys only at INFO, so a file for another architecture would silently leave

@@ -13,7 +13,8 @@ Data flow of one stage-1 JARVIS step (DESIGN.md §2):
 
 VisPer-LM (``method="visper"``) shares all of it but its loss: task tokens after the image,
 predictors at a few layers against several target encoders (``visper.py``, its data flow).
-Inference, checkpoints and the LLM factory live in ``inference.py`` and ``checkpoint.py``.
+The LLM and its tokenizer come from ``llm.py``. Inference and checkpoints are machinery, outside
+the method: ``evaluation/inference.py`` (generate, score_options) and ``training/checkpoint.py``.
 """
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attn_mask import build_additive_mask, build_attention_mask, to_additive, visible_positions
+from .attn_mask import build_additive_mask, build_attention_mask, to_additive, to_block_mask, visible_positions
 from .config import MaskConfig, ModelConfig, default_jepa_layer
-from .encoders import build_context_encoder, build_target_encoder
+from .encoders import build_context_encoder
 from .losses import align_loss, jepa_loss, token_cross_entropy
 from .masking import MaskSampler
-from .tokenizer import IMAGE_TOKEN, load_tokenizer
-from .checkpoint import build_llm
+from .llm import IMAGE_TOKEN, build_llm, load_tokenizer
+from .targets import build_target_encoder
 from .visper import TaskTokens, VisperHead, parse_targets, visper_losses
 
 
@@ -112,6 +113,7 @@ class JarvisModel(nn.Module):
         cfg.validate()
         if stage not in ("align", "finetune"):
             raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
+        specs = parse_targets(cfg.visper_targets) if cfg.method == "visper" else None  # before any work
         # config.json records the block F_ctx reads, not "the family default" (None)
         layer, norm = cfg.context_features()
         cfg = dataclasses.replace(cfg, ctx_layer=layer, ctx_norm=norm)
@@ -146,7 +148,6 @@ class JarvisModel(nn.Module):
                 self.register_buffer("phi", sincos_2d(self.grid, d_llm), persistent=False)
         self.task_tokens = self.visper = None
         if cfg.method == "visper":  # tokens stay for stage 2 and inference; the head is stage 1's
-            specs = parse_targets(cfg.visper_targets)
             self.task_tokens = TaskTokens(specs, self.num_visual, d_llm)
             if stage == "align":
                 self.visper = VisperHead(specs, num_layers, d_llm, self.image_size, self.grid,
@@ -353,7 +354,6 @@ class JarvisModel(nn.Module):
             causal = build_attention_mask(None, starts, length, padding)
             mask = torch.where(has[:, None, None, None], mask, causal)
         if impl == "flex_attention":
-            from .inference import to_block_mask
             return to_block_mask(mask)
         return mask if impl == "sdpa" else to_additive(mask, _mask_dtype(dtype, padding.device))
 
@@ -363,24 +363,6 @@ class JarvisModel(nn.Module):
             if enc is not None:
                 enc.eval()  # frozen encoders never leave eval mode (VisPer's targets: same)
         return self
-
-    # Inference and checkpoints, implemented beside (short files, one concern each).
-    def generate(self, images, prompts, max_new_tokens: int = 32):
-        from .inference import generate
-        return generate(self, images, prompts, max_new_tokens)
-
-    def score_options(self, images, prompts, options, normalize: bool = False):
-        from .inference import score_options
-        return score_options(self, images, prompts, options, normalize)
-
-    def save_checkpoint(self, directory, state=None, **configs):
-        from .checkpoint import save_checkpoint
-        return save_checkpoint(self, directory, state, **configs)
-
-    @classmethod
-    def from_checkpoint(cls, directory, stage: str | None = None, **overrides):
-        from .checkpoint import load_checkpoint
-        return load_checkpoint(cls, directory, stage, **overrides)
 
 
 def _mask_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:

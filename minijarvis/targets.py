@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ENCODERS
+from .config import ENCODERS, ModelConfig
 from .encoders import _create_model, check_images, normalize, output_dtype, resize_token_grid
 
 RULES = ("tokens", "pooled")
@@ -219,6 +219,21 @@ def build_target(spec: TargetSpec | str, image_size: int, grid: tuple[int, int])
 # The release's layers for its 32-layer LLMs (VISPER.md §4), per task name; other names: depth's.
 RELEASE_LAYERS = {"depth": (8, 20), "seg": (10, 18), "gen": (12, 20)}
 RELEASE_DEPTH = 32
+
+
+def build_target_encoder(cfg: ModelConfig, image_size: int, grid: tuple[int, int]):
+    """JARVIS's F_tgt from ``cfg.tgt_*``: a :class:`TargetEncoder` with the tokens rule at the
+    last block (final-normed, prefix tokens dropped), run at ``image_size`` (F_ctx's resolution)
+    and resized bilinearly to ``grid`` if needed. VisPer-LM's targets share this implementation."""
+    kwargs = dict(cfg.tgt_kwargs)
+    given = kwargs.pop("img_size", image_size)
+    if given not in (image_size, (image_size, image_size), [image_size, image_size]):
+        raise ValueError(f"tgt_kwargs img_size={given} conflicts with the context resolution "
+                         f"{image_size}: the target encoder always runs at the context resolution; "
+                         "drop img_size from tgt_kwargs")
+    spec = TargetSpec(name="tgt", encoder=cfg.tgt_encoder, rule="tokens", blocks=(-1,),
+                      kwargs=kwargs, weights=cfg.tgt_weights, pretrained=cfg.tgt_pretrained)
+    return TargetEncoder(spec, image_size, grid)
 
 
 def resolve_layers(spec: TargetSpec, num_layers: int) -> tuple[int, ...]:

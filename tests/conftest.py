@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minijarvis.config import ENCODERS, MaskConfig, ModelConfig, preset
-from minijarvis.tokenizer import build_tokenizer
+from minijarvis.llm import build_tokenizer
 
 FAMILIES = {
     "llama": dict(model_type="llama"),

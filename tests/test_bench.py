@@ -1,4 +1,4 @@
-"""bench.py and minijarvis.bench_utils: the helpers' arithmetic, the method views, the synthetic
+"""bench.py and minijarvis.bench.steps: the helpers' arithmetic, the method views, the synthetic
 batch, and one tiny end-to-end run (JSON + table). Timing targets are never asserted here:
 figures come from the script, not from a timed test."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.py lives at the repo root
 import bench  # noqa: E402
-from minijarvis import bench_utils  # noqa: E402
+from minijarvis.bench import steps as bench_utils  # noqa: E402
 from minijarvis.errors import UsageError  # noqa: E402
-from minijarvis.bench_utils import (METHODS, instrumented, make_optimizer, method_view, mfu,  # noqa: E402
+from minijarvis.bench.steps import (METHODS, instrumented, make_optimizer, method_view, mfu,  # noqa: E402
                                     peak_flops, prime_optimizer, synthetic_batch, train_flops, train_step)
-from minijarvis.measure import (LiveBytes, PartTimer, interleaved, is_oom, largest_fitting, median,  # noqa: E402
+from minijarvis.bench.measure import (LiveBytes, PartTimer, interleaved, is_oom, largest_fitting, median,  # noqa: E402
                                 tensor_bytes)
 
 
@@ -263,7 +263,7 @@ def test_fast_random_init_keeps_each_initialisers_scale_and_restores_them():
 
 
 def test_check_targets_pairs_rounds_and_takes_medians():
-    from minijarvis.bench_report import check_targets
+    from minijarvis.bench.report import check_targets
     s1 = dict(methods=dict(llava=dict(step_ms=100.0, peak_mib=100.0), jarvis=dict(step_ms=112.0, peak_mib=106.0)),
               breakdown_ms=dict(target_encoder=10.0, mask_sampling=0.5, mask_building=1.0),
               breakdown_steps_ms=dict(mask_sampling=[0.5, 0.5, 3.0], mask_building=[1.0, 1.2, 1.0]),
@@ -280,7 +280,7 @@ def test_check_targets_pairs_rounds_and_takes_medians():
 
 
 def test_check_visper_pairs_rounds_against_five_percent_of_llava():
-    from minijarvis.bench_report import check_targets
+    from minijarvis.bench.report import check_targets
     s1 = dict(methods=dict(llava=dict(step_ms=100.0), visper=dict(step_ms=150.0)),
               visper_breakdown_ms=dict(target_encoders=20.0, predictors_fwd=10.0, predictors_fwd_bwd=25.0),
               visper_extra_ms=[4.0, 4.9, 30.0])  # budget 5 ms: the median 4.9 passes

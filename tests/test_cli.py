@@ -15,10 +15,10 @@ import pytest
 import bench
 import eval as evalpy
 import train
-from minijarvis import cli
+from minijarvis.training import cli
 from minijarvis.config import MaskConfig, TrainConfig, preset
 from minijarvis.errors import InputError, run_main
-from minijarvis.resume import RESUME_FREE, _run_flags, resume_conflicts
+from minijarvis.training.resume import RESUME_FREE, _run_flags, resume_conflicts
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train.py": train.main, "eval.py": evalpy.main, "bench.py": bench.main}
@@ -201,8 +201,8 @@ def test_given_flags_tell_explicit_values_from_defaults():
 
 
 def test_a_record_that_is_not_an_object_is_skipped_counted_and_named(tmp_path):
-    from minijarvis.data import BadRecord, LlavaDataset, read_llava_json
-    from minijarvis.tokenizer import build_tokenizer
+    from minijarvis.data.llava import BadRecord, LlavaDataset, read_llava_json
+    from minijarvis.llm import build_tokenizer
     path = tmp_path / "d.json"
     good = {"id": "ok", "image": "a.png", "conversations": [{"from": "human", "value": "<image>"},
                                                            {"from": "gpt", "value": "a cat"}]}

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from minijarvis.checkpoint import build_llm, resolve_attn
+from minijarvis.llm import build_llm, resolve_attn
 from minijarvis.config import (MaskConfig, ModelConfig, TrainConfig, default_jepa_layer,
                                load_config, preset, save_config)
 

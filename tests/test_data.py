@@ -1,4 +1,4 @@
-"""LLaVA data: templates, labels, images, bad records, truncation, batches (minijarvis/data.py)."""
+"""LLaVA data: templates, labels, images, bad records, truncation, batches (minijarvis/data/llava.py)."""
 import json
 import os
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from minijarvis.data import (IGNORE_INDEX, BadRecord, LlavaDataset, Skip, collate, encode_caption,
+from minijarvis.data.llava import (IGNORE_INDEX, BadRecord, LlavaDataset, Skip, collate, encode_caption,
                              encode_conversation, encode_prompt, expand2square, format_skips,
                              load_image, make_collate, read_llava_json, shortest_edge_size,
                              stop_token_ids, truncate_spliced)
 from minijarvis.errors import InputError
-from minijarvis.tokenizer import build_tokenizer
+from minijarvis.llm import build_tokenizer
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's; pad colour int(m * 255) = (122, 116, 104)
 PAD_RGB = torch.tensor([122, 116, 104]) / 255

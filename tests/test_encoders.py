@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from minijarvis.config import ENCODERS, ModelConfig, preset
-from minijarvis.encoders import (VisionEncoder, build_context_encoder, build_target_encoder,
-                                 resize_token_grid)
+from minijarvis.encoders import VisionEncoder, build_context_encoder, resize_token_grid
+from minijarvis.targets import build_target_encoder
 
 # Shrunken SigLIP (384 px, patch 16 -> 24x24) and DINOv2 (patch 14 -> 27x27 at 384 px):
 # the real grids, with two narrow blocks so they run in milliseconds.

@@ -1,4 +1,4 @@
-"""eval.py + minijarvis.benchmarks: each benchmark format from a tiny fixture, exact scores, the CLI.
+"""eval.py + minijarvis.evaluation.benchmarks: each benchmark format from a tiny fixture, exact scores, the CLI.
 
 Fixture images are solid grey squares whose level encodes the row (level = 10 * k), so the fake
 model below can answer each row as the test scripts it, and every number is known exactly.
@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 import eval as evalpy
-from minijarvis import benchmarks as B
-from minijarvis.data import BadRecord
+from minijarvis.evaluation import benchmarks as B
+from minijarvis.data.llava import BadRecord
 from minijarvis.model import JarvisModel
+from minijarvis.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -119,7 +120,9 @@ class FakeModel:
 
 
 def run_main(monkeypatch, tmp_path, model, argv):
-    monkeypatch.setattr(JarvisModel, "from_checkpoint", classmethod(lambda cls, d, **kw: model))
+    monkeypatch.setattr(evalpy, "load_checkpoint", lambda d, **kw: model)
+    monkeypatch.setattr(evalpy, "generate", lambda m, *a, **kw: m.generate(*a, **kw))
+    monkeypatch.setattr(evalpy, "score_options", lambda m, *a, **kw: m.score_options(*a, **kw))
     for part in ("config.json", "model.safetensors", "tokenizer"):  # what eval.py checks up front
         (tmp_path / "ckpt").mkdir(exist_ok=True)
         (tmp_path / "ckpt" / part).touch()
@@ -196,7 +199,7 @@ def test_mmvp_pair_accuracy_needs_both_questions_of_a_pair(monkeypatch, tmp_path
 
 
 def test_images_are_fitted_as_the_checkpoints_stage_was_trained(monkeypatch, tmp_path, tiny_checkpoint):
-    assert JarvisModel.from_checkpoint(tiny_checkpoint).image_aspect == "crop", "a stage-1 model crops"
+    assert load_checkpoint(tiny_checkpoint).image_aspect == "crop", "a stage-1 model crops"
     write_mmvp(tmp_path / "mmvp")
     model, seen = FakeModel(replies={1: "A"}), []
     model.image_aspect = "crop"
@@ -278,7 +281,7 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path):
 
 
 def test_shapesbench_exported_in_cvbench_format_loads_as_the_same_items(tmp_path):
-    from minijarvis.shapesbench import write_bench_jsonl
+    from minijarvis.evaluation.shapesbench import write_bench_jsonl
     write_bench_jsonl(tmp_path / "sb", n_per_task=1)
     from_files, skipped = B.load_cvbench(tmp_path / "sb")
     in_memory, _ = B.load_shapes(n_per_task=1)
@@ -313,7 +316,7 @@ def test_help_documents_every_folder_layout(capsys):
 def tiny_checkpoint(tmp_path_factory):
     from minijarvis.config import preset
     torch.manual_seed(0)
-    return JarvisModel(preset("tiny")).save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return save_checkpoint(JarvisModel(preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.mark.parametrize("mode,copies,limit", [("likelihood", 2, 8), ("generate", 1, 4)])

@@ -15,15 +15,17 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTex
                           AutoProcessor, PreTrainedTokenizerFast)
 
 from conftest import tiny_config
-from minijarvis import export as E
-from minijarvis import hf_vision
+from minijarvis.export import llava as E
+from minijarvis.export import hf_vision
 from minijarvis.config import IMAGE_ASPECTS, METHODS
-from minijarvis.data import encode_prompt, load_image
+from minijarvis.data.llava import encode_prompt, load_image
 from minijarvis.encoders import VisionEncoder
 from minijarvis.errors import InputError, UsageError, run_main
-from minijarvis.inference import _batch
+from minijarvis.evaluation.inference import _batch
 from minijarvis.model import JarvisModel
-from minijarvis.tokenizer import _corpus
+from minijarvis.llm import _corpus
+from minijarvis.evaluation.inference import generate
+from minijarvis.training.checkpoint import save_checkpoint
 
 QUESTION = "How many cubes are there? Answer with the option's letter."
 PENULTIMATE = {k: v for k, v in dict(ctx_layer=-2, ctx_norm=False).items()
@@ -37,7 +39,7 @@ def _image(width=150, height=90, seed=0) -> Image.Image:
 
 def _checkpoint(tmp_path, cfg, name="ckpt") -> str:
     torch.manual_seed(0)
-    JarvisModel(cfg, stage="finetune").save_checkpoint(tmp_path / name)
+    save_checkpoint(JarvisModel(cfg, stage="finetune"), tmp_path / name)
     return str(tmp_path / name)
 
 
@@ -80,7 +82,7 @@ def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens
     generated = hf.generate(**inputs, max_new_tokens=tokens, do_sample=False)[0, inputs["input_ids"].shape[1]:]
     assert len(generated) > 0
     hf_text = processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
-    assert hf_text == mj.generate(pixels[None], [QUESTION], tokens)[0], "greedy tokens differ"
+    assert hf_text == generate(mj, pixels[None], [QUESTION], tokens)[0], "greedy tokens differ"
     return out, hf, processor, mj
 
 

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 from minijarvis.attn_mask import build_attention_mask
 from minijarvis.model import JarvisModel, sincos_2d, splice_indices
 from conftest import SMALL_MASKS, make_batch, tiny_config
+from minijarvis.evaluation.inference import generate, score_options
+from minijarvis.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def build(family="llama", layers=2, stage="align", tokenizer=None, **overrides):
@@ -162,30 +164,30 @@ def test_checkpoint_round_trip_and_stage2_drops_jarvis_parts(tokenizer, tmp_path
         model.z.add_(1.0)
     batch = make_batch(model)
     loss = model(batch, torch.Generator().manual_seed(5))["loss"]
-    model.save_checkpoint(tmp_path / "s1")
-    again = JarvisModel.from_checkpoint(tmp_path / "s1")
+    save_checkpoint(model, tmp_path / "s1")
+    again = load_checkpoint(tmp_path / "s1")
     assert torch.allclose(again(batch, torch.Generator().manual_seed(5))["loss"], loss)
-    s2 = JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune")
+    s2 = load_checkpoint(tmp_path / "s1", stage="finetune")
     assert s2.z is None and s2.proj_tgt is None and s2.target_encoder is None
     assert torch.equal(s2.proj[0].weight, model.proj[0].weight), "stage 2 starts from stage-1 proj"
-    s2.save_checkpoint(tmp_path / "s2")
+    save_checkpoint(s2, tmp_path / "s2")
     keys = load_file(str(tmp_path / "s2" / "model.safetensors")).keys()
     assert not [k for k in keys if k.startswith(("z", "proj_tgt", "target_encoder"))]
     assert any(k.startswith("llm.") for k in keys)
-    assert JarvisModel.from_checkpoint(tmp_path / "s2").stage == "finetune"
+    assert load_checkpoint(tmp_path / "s2").stage == "finetune"
 
 
 def test_image_aspect_follows_the_stage_and_the_context_layer_is_recorded(tokenizer, tmp_path):
     model = build(tokenizer=tokenizer)
     assert model.image_aspect == "crop" and model.cfg.image_aspect is None, "stage 1: the release crops"
     assert (model.cfg.ctx_layer, model.cfg.ctx_norm) == (-2, False), "config.json names F_ctx's block"
-    model.save_checkpoint(tmp_path / "s1")
-    assert JarvisModel.from_checkpoint(tmp_path / "s1").image_aspect == "crop"
-    assert JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune").image_aspect == "pad", \
+    save_checkpoint(model, tmp_path / "s1")
+    assert load_checkpoint(tmp_path / "s1").image_aspect == "crop"
+    assert load_checkpoint(tmp_path / "s1", stage="finetune").image_aspect == "pad", \
         "a stage-1 checkpoint started in stage 2 pads, as the release's stage 2"
     set_by_user = build(tokenizer=tokenizer, image_aspect="resize")
-    set_by_user.save_checkpoint(tmp_path / "r1")
-    assert JarvisModel.from_checkpoint(tmp_path / "r1", stage="finetune").image_aspect == "resize", \
+    save_checkpoint(set_by_user, tmp_path / "r1")
+    assert load_checkpoint(tmp_path / "r1", stage="finetune").image_aspect == "resize", \
         "an aspect set in stage 1 is kept"
 
 
@@ -214,19 +216,19 @@ def test_pretrained_llm_from_a_local_directory(tokenizer, tmp_path):
     for a, b in zip(model.llm.parameters(), source.llm.parameters()):
         assert torch.equal(a, b)
     assert torch.isfinite(model(make_batch(model), run_jepa=True)["loss"])
-    model.save_checkpoint(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     keys = load_file(str(tmp_path / "ckpt" / "model.safetensors")).keys()
     assert not any(k.startswith("llm.") for k in keys), "a frozen pretrained LLM is not copied"
-    stage2 = JarvisModel.from_checkpoint(tmp_path / "ckpt", stage="finetune")
+    stage2 = load_checkpoint(tmp_path / "ckpt", stage="finetune")
     assert torch.isfinite(stage2(make_batch(stage2))["loss"])
 
 
 def test_generation_with_cache_matches_recomputing_everything(tokenizer):
     model = build(tokenizer=tokenizer).eval()
     images = torch.rand(1, 3, model.image_size, model.image_size)
-    answer = model.generate(images, ["what colour is the cube?"], max_new_tokens=6)[0]
+    answer = generate(model, images, ["what colour is the cube?"], max_new_tokens=6)[0]
     # Reference: greedy without cache, the whole sequence each step.
-    from minijarvis.data import encode_prompt
+    from minijarvis.data.llava import encode_prompt
     ids = encode_prompt(model.tokenizer, "what colour is the cube?", has_image=True)
     new = []
     for _ in range(6):
@@ -245,10 +247,10 @@ def test_generation_with_cache_matches_recomputing_everything(tokenizer):
 def test_score_options_ranks_by_log_likelihood(tokenizer):
     model = build(tokenizer=tokenizer).eval()
     images = torch.rand(2, 3, model.image_size, model.image_size)
-    scores = model.score_options(images, ["q one", "q two"], [["A", "B", "C"], ["yes", "no"]])
+    scores = score_options(model, images, ["q one", "q two"], [["A", "B", "C"], ["yes", "no"]])
     assert [s.shape[0] for s in scores] == [3, 2] and all(torch.isfinite(s).all() for s in scores)
     assert all((s <= 0).all() for s in scores), "log-likelihoods are <= 0"
-    alone = model.score_options(images[1:], ["q two"], [["no"]])[0]
+    alone = score_options(model, images[1:], ["q two"], [["no"]])[0]
     assert torch.allclose(alone, scores[1][1:], atol=1e-5), "batching options changes a score"
 
 

@@ -50,7 +50,7 @@ def test_package_version_matches_init(tmp_path):
 def test_import_works_from_another_folder(tmp_path):
     """What `pip install -e .` gives (here through PYTHONPATH): the package, not the cwd."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", "import minijarvis.export, minijarvis.trackers; "
+    out = subprocess.run([sys.executable, "-c", "import minijarvis.export.llava, minijarvis.training.trackers; "
                           "import minijarvis; print(minijarvis.__file__)"], cwd=tmp_path, env=env,
                          check=True, capture_output=True, text=True).stdout
     assert Path(out.strip()).parent == ROOT / "minijarvis"

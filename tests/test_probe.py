@@ -1,4 +1,4 @@
-"""probe.py + minijarvis.probing: probes recover a planted signal, one LLM forward per batch feeds
+"""probe.py + minijarvis.probes.core: probes recover a planted signal, one LLM forward per batch feeds
 every layer, reruns repeat, outputs name every checkpoint, bad input fails before any work."""
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import probe as probepy
-from minijarvis import probe_run as R
-from minijarvis import probing as P
+from minijarvis.probes import run as R
+from minijarvis.probes import core as P
 from minijarvis.errors import run_main
 from minijarvis.model import JarvisModel
 from minijarvis.visper import Resampler
 from tests.conftest import SMALL_MASKS, tiny_config
+from minijarvis.training.checkpoint import save_checkpoint
 
 
 # ---------------------------------------------------------------- the core, on synthetic tensors
@@ -137,7 +138,7 @@ def test_method_layers(tiny_model):
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     for method in ("llava", "jarvis"):
-        JarvisModel(tiny_config(method=method), SMALL_MASKS).save_checkpoint(root / f"tiny-{method}")
+        save_checkpoint(JarvisModel(tiny_config(method=method), SMALL_MASKS), root / f"tiny-{method}")
     return [str(root / "tiny-llava"), str(root / "tiny-jarvis")]
 
 
@@ -166,7 +167,7 @@ def test_rerun_with_the_same_seed_gives_the_same_scores(checkpoints, tmp_path):
 
 
 def test_pooled_target_and_stage2_checkpoint(tmp_path):
-    JarvisModel(tiny_config(method="llava"), stage="finetune").save_checkpoint(tmp_path / "s2")
+    save_checkpoint(JarvisModel(tiny_config(method="llava"), stage="finetune"), tmp_path / "s2")
     for kind in ("linear", "resampler"):
         out = probepy.main(["--checkpoint", str(tmp_path / "s2"), "--target", "tiny-gen", "--limit", "8",
                             "--steps", "2", "--layers", "2", "--probe", kind, "--output-dir", str(tmp_path / kind)])
@@ -184,7 +185,7 @@ def test_every_llm_family(family, tmp_path):
                           tokenizer=str(tmp_path / "llm"))
     else:
         cfg = tiny_config(family)
-    JarvisModel(cfg, SMALL_MASKS).save_checkpoint(tmp_path / "ckpt")
+    save_checkpoint(JarvisModel(cfg, SMALL_MASKS), tmp_path / "ckpt")
     out = probepy.main(["--checkpoint", str(tmp_path / "ckpt"), "--target", "tiny-dinov2", "--limit", "6",
                         "--steps", "2", "--output-dir", str(tmp_path / "out")])
     layers = sorted({r["layer"] for r in out["checkpoints"][0]["rows"]})
@@ -207,7 +208,7 @@ def test_bad_input_fails_before_any_work(case, code, message, checkpoints, tmp_p
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the input was checked")
-    monkeypatch.setattr(JarvisModel, "from_checkpoint", no_work)
+    monkeypatch.setattr(R, "load_checkpoint", no_work)
     monkeypatch.setattr(R, "probe_images", no_work)
     argv = ["--checkpoint", checkpoints[0], "--target", "tiny-dinov2", "--output-dir", str(tmp_path)]
     if case == "not-a-checkpoint":

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from minijarvis import runtime
+from minijarvis.training import runtime
 
 
 def test_cosine_lr_warms_up_linearly_then_decays_to_zero():

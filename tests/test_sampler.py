@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minijarvis.sampler import (epoch_batches, length_grouped_indices, modality_length_grouped_indices,
+from minijarvis.data.sampler import (epoch_batches, length_grouped_indices, modality_length_grouped_indices,
                                 modality_lengths, rank_batches)
 
 
@@ -142,14 +142,14 @@ def test_modality_lengths_count_words_and_images():
                                        (["--stage", "finetune", "--llm", "x", "--no-group-by-modality-length"], False),
                                        (["--stage", "align", "--group-by-modality-length"], True)])
 def test_grouping_is_the_stage2_default_and_a_flag(argv, want, tmp_path):
-    from minijarvis.cli import new_train_config, parse_args
+    from minijarvis.training.cli import new_train_config, parse_args
     assert new_train_config(parse_args(argv), False, 1, tmp_path).group_by_modality_length is want
 
 
 def test_grouped_stage2_run_resumes_with_the_same_losses(tmp_path, monkeypatch):
     import json
     import train
-    from minijarvis.runtime import read_log
+    from minijarvis.training.runtime import read_log
     monkeypatch.chdir(tmp_path)
     fast = ["--synthetic-size", "48", "--batch-size", "4"]
     assert train.main(["--stage", "align", *fast, "--max-steps", "1", "--output-dir", "s1"]) == 0
@@ -169,14 +169,14 @@ def test_grouped_stage2_run_resumes_with_the_same_losses(tmp_path, monkeypatch):
 
 
 def test_padding_stats_count_padded_positions_and_mixed_batches():
-    from minijarvis.padbench import padding_stats
+    from minijarvis.bench.padding import padding_stats
     tokens, image = torch.tensor([10, 4, 6, 6]), torch.tensor([True, False, True, True])
     s = padding_stats([[0, 1], [2, 3]], tokens, image)
     assert s == dict(padded=pytest.approx(6 / 32), mixed=1, batches=2)
 
 
 def test_grouping_pads_less_and_never_mixes_on_llava665k_like_rows():
-    from minijarvis.padbench import llava665k_rows, stage2_padding
+    from minijarvis.bench.padding import llava665k_rows, stage2_padding
     words, has_image, tokens = llava665k_rows(scale=0.01)
     assert len(words) == 6653 and len(words) - sum(has_image) == 407
     assert tokens.max() <= 2048 and tokens[torch.tensor(has_image)].min() > 576

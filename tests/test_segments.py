@@ -4,9 +4,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from minijarvis.data import (IGNORE_INDEX, encode_caption, encode_conversation, encode_prompt,
+from minijarvis.data.llava import (IGNORE_INDEX, encode_caption, encode_conversation, encode_prompt,
                              encode_reply, encode_segments)
-from minijarvis.tokenizer import IMAGE_TOKEN, build_tokenizer, load_tokenizer
+from minijarvis.llm import IMAGE_TOKEN, build_tokenizer, load_tokenizer
 
 CORPUS = [
     "A red cube is to the left of a blue sphere.", "The image shows a cat on a mat.",

@@ -1,4 +1,4 @@
-"""Tests for the synthetic scenes (minijarvis.shapes) and ShapesBench (minijarvis.shapesbench)."""
+"""Tests for the synthetic scenes (minijarvis.data.shapes) and ShapesBench (minijarvis.evaluation.shapesbench)."""
 
 import hashlib
 import json
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minijarvis.shapes import (COLORS, SYNONYMS, SyntheticLlava, caption_record, instruction_record,
+from minijarvis.data.shapes import (COLORS, SYNONYMS, SyntheticLlava, caption_record, instruction_record,
                                make_scene, render, sample_scene, scene_from_seed, scene_seed, write_llava_folder)
-from minijarvis.shapesbench import (ANSWER_INSTRUCTION, DEPTH_RATIO, TASKS, bench_item, bench_seed,
+from minijarvis.evaluation.shapesbench import (ANSWER_INSTRUCTION, DEPTH_RATIO, TASKS, bench_item, bench_seed,
                                     shapes_bench, write_bench_jsonl)
 
 # Words a caption would need to answer a benchmark question: counts, 2D relations, depth and distance.

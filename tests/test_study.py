@@ -9,7 +9,7 @@ import pytest
 
 import study
 import train
-from minijarvis import study as S
+from minijarvis.toyworld import study as S
 from minijarvis.errors import run_main
 
 

@@ -1,4 +1,4 @@
-"""The built-in byte-level BPE and load_tokenizer (minijarvis/tokenizer.py)."""
+"""The built-in byte-level BPE and load_tokenizer (minijarvis/llm.py)."""
 import json
 import subprocess
 import sys
@@ -8,12 +8,12 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from minijarvis import tokenizer as tkn
+from minijarvis import llm as tkn
 from minijarvis.config import preset
-from minijarvis.tokenizer import IMAGE_TOKEN, build_tokenizer, load_tokenizer
+from minijarvis.llm import IMAGE_TOKEN, build_tokenizer, load_tokenizer
 
 SAMPLE = "A small red cube is to the left of a blue sphere. (A) 12 (B) 3"
-_FINGERPRINT = ("from minijarvis.tokenizer import build_tokenizer as b; import json; t = b(); "
+_FINGERPRINT = ("from minijarvis.llm import build_tokenizer as b; import json; t = b(); "
                 f"print(json.dumps([sorted(t.get_vocab().items()), t({SAMPLE!r})['input_ids']]))")
 
 
@@ -120,8 +120,8 @@ def test_load_adds_image_token_and_pad_fallback(tmp_path):
 
 def test_a_tokenizer_without_chat_template_gets_llava_v1(tmp_path):
     """vicuna-7b-v1.5 ships no chat template; stage 2 must still build ids and labels."""
-    from minijarvis.data import encode_conversation
-    from minijarvis.tokenizer import VICUNA_V1_TEMPLATE, build_tokenizer, load_tokenizer
+    from minijarvis.data.llava import encode_conversation
+    from minijarvis.llm import VICUNA_V1_TEMPLATE, build_tokenizer, load_tokenizer
     tok = build_tokenizer()
     tok.chat_template = None
     tok.save_pretrained(tmp_path)

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from minijarvis import cli
+from minijarvis.training import cli
 from minijarvis.config import (ENCODERS, TOY_ASSETS, TOY_CAPTION_ENCODER, TOY_EXPERT, TOY_LLM, is_toy,
                                preset)
 from minijarvis.encoders import VisionEncoder
-from minijarvis.tokenizer import build_tokenizer
+from minijarvis.llm import build_tokenizer
 from minijarvis.toyworld import parts as P
 from minijarvis.toyworld.build import FILES, HELD_OUT, build
 from minijarvis.toyworld.world import depth_grid, scene_tensors, text_corpus
@@ -78,7 +78,7 @@ def test_toy_llm_perplexity_on_held_out_text_is_far_below_its_random_twin():
     rows = P.encode_texts(tok, text_corpus(tok, 16, 16, 2, seed=0, offset=HELD))
     toy = AutoModelForCausalLM.from_pretrained(str(TOY_LLM))
     torch.manual_seed(0)
-    from minijarvis.checkpoint import build_llm
+    from minijarvis.llm import build_llm
     twin = build_llm(preset("tiny", pretrained=False))
     ppl, twin_ppl = P.perplexity(toy, rows, tok.pad_token_id), P.perplexity(twin, rows, tok.pad_token_id)
     assert ppl < 6 and twin_ppl > 500, f"toy LLM perplexity {ppl:.2f}, random twin {twin_ppl:.1f}"
@@ -110,7 +110,7 @@ def test_expert_features_predict_depth_better_than_random_and_caption_features()
 
 
 def test_depth_grid_puts_near_objects_low_and_sky_far():
-    from minijarvis.shapes import make_scene
+    from minijarvis.data.shapes import make_scene
     log_depth, occupied = depth_grid(make_scene([("cube", "red", 0.0, 3.0)]), 12)
     assert log_depth[0].min() == pytest.approx(torch.tensor(30.0).log().item(), abs=1e-5)  # sky row
     centre = occupied.argmax()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import train
-from minijarvis import trackers
+from minijarvis.training import trackers
 from minijarvis.errors import InputError
-from minijarvis.runtime import read_log
+from minijarvis.training.runtime import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--stage", "align", "--synthetic-size", "48", "--batch-size", "4", "--max-steps", "3"]
@@ -88,7 +88,7 @@ def test_none_imports_no_tracker_package(monkeypatch):
 
 
 def test_train_py_rejects_an_unknown_tracker(capsys):
-    from minijarvis.cli import parse_args
+    from minijarvis.training.cli import parse_args
     with pytest.raises(SystemExit) as e:
         parse_args(["--report-to", "mlflow"])
     assert e.value.code == 2 and "--report-to" in capsys.readouterr().err
@@ -103,7 +103,7 @@ def test_flat_hparams_keep_scalars_and_write_the_rest_as_json():
 
 
 def test_importing_train_loads_no_tracker_package():
-    code = ("import sys, train, minijarvis.trackers; "
+    code = ("import sys, train, minijarvis.training.trackers; "
             "print(sorted(m for m in ('wandb', 'tensorboard', 'torch.utils.tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import train
-from minijarvis.runtime import read_log
+from minijarvis.training.runtime import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--synthetic-size", "48", "--batch-size", "4"]
@@ -172,7 +172,7 @@ def test_bad_records_are_skipped_counted_and_named(tmp_path, capsys):
 
 
 def test_strict_stops_on_the_first_bad_record(tmp_path):
-    from minijarvis.data import BadRecord
+    from minijarvis.data.llava import BadRecord
     data = _llava_folder(tmp_path / "llava")
     with pytest.raises(BadRecord, match="empty"):
         train.main(["--stage", "align", "--data", str(data), "--image-folder",
@@ -210,14 +210,14 @@ def test_torchrun_two_cpu_processes_agree_on_weights_and_jepa_draws(tmp_path):
 
 
 def test_method_flags_reach_the_model_config():
-    from minijarvis.cli import _model_overrides, parse_args
+    from minijarvis.training.cli import _model_overrides, parse_args
     assert "skip_dropped" not in _model_overrides(parse_args([])), "the default stays the config's"
     got = _model_overrides(parse_args(["--keep-dropped-slots", "--pos-embed", "--bidirectional-visual", "off"]))
     assert (got["skip_dropped"], got["pos_embed"], got["bidirectional_visual"]) == (False, True, False)
 
 
 def test_image_and_context_flags_reach_the_model_config():
-    from minijarvis.cli import new_model_config, parse_args
+    from minijarvis.training.cli import new_model_config, parse_args
     cfg, _ = new_model_config(parse_args([]))
     assert (cfg.image_aspect, cfg.ctx_layer, cfg.ctx_norm) == (None, None, None), \
         "unset flags leave the release's defaults (per stage, per encoder family)"
@@ -232,7 +232,7 @@ def test_image_and_context_flags_reach_the_model_config():
     (["--context-layer", "middle"], "--context-layer"), (["--image-aspect", "fit"], "--image-aspect"),
     (["--stage", "finetune", "--init", "x", "--context-layer", "last"], "--context-layer")])
 def test_bad_image_and_context_flags_exit_2_naming_the_flag(argv, words, capsys):
-    from minijarvis.cli import parse_args
+    from minijarvis.training.cli import parse_args
     with pytest.raises(SystemExit) as e:
         parse_args(argv)
     assert e.value.code == 2 and words in capsys.readouterr().err

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from conftest import FAMILIES, make_batch, tiny_config
 from minijarvis.losses import info_nce
 from minijarvis.model import JarvisModel, layer_outputs
-from minijarvis.runtime import read_log
+from minijarvis.training.runtime import read_log
 from minijarvis.visper import (TOKENS_PER_TARGET, Resampler, chunk_means, task_token_index,
                                visper_losses)
+from minijarvis.evaluation.inference import generate, score_options
+from minijarvis.training.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,8 +262,8 @@ def test_stage1_trains_exactly_proj_predictors_tokens_temperatures():
 def test_stage2_keeps_tokens_frozen_in_the_checkpoint_and_drops_the_head(tmp_path):
     stage1 = _model()
     _step(stage1, make_batch(stage1, 2))
-    stage1.save_checkpoint(tmp_path / "s1")
-    model = JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune")
+    save_checkpoint(stage1, tmp_path / "s1")
+    model = load_checkpoint(tmp_path / "s1", stage="finetune")
     assert model.visper is None and model.target_encoder is None
     assert torch.equal(model.task_tokens.rows["depth"], stage1.task_tokens.rows["depth"])
     assert not any(p.requires_grad for p in model.task_tokens.parameters())
@@ -269,12 +271,12 @@ def test_stage2_keeps_tokens_frozen_in_the_checkpoint_and_drops_the_head(tmp_pat
     _step(model, make_batch(model, 2), lr=1e-3)
     assert torch.equal(model.task_tokens(), tokens), "task tokens stay bit-identical in stage 2"
     assert not torch.equal(model.llm.lm_head.weight, llm), "the LLM trains in stage 2"
-    model.save_checkpoint(tmp_path / "s2")
+    save_checkpoint(model, tmp_path / "s2")
     from safetensors.torch import load_file
     keys = load_file(str(tmp_path / "s2" / "model.safetensors")).keys()
     assert {"task_tokens.rows.gen", "task_tokens.rows.depth", "task_tokens.rows.seg"} <= set(keys)
     assert not any(k.startswith("visper.") for k in keys), "no predictor, temperature or target"
-    again = JarvisModel.from_checkpoint(tmp_path / "s2")
+    again = load_checkpoint(tmp_path / "s2")
     assert torch.equal(again.task_tokens(), tokens)
 
 
@@ -291,14 +293,14 @@ def test_both_stages_run_on_every_llm_family(family, tmp_path):
     out["loss"].backward()
     torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
     assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in llm.items()), "stage 1: LLM frozen"
-    model.save_checkpoint(tmp_path / "s1")
-    stage2 = JarvisModel.from_checkpoint(tmp_path / "s1", stage="finetune")
+    save_checkpoint(model, tmp_path / "s1")
+    stage2 = load_checkpoint(tmp_path / "s1", stage="finetune")
     tokens, head = stage2.task_tokens().clone(), stage2.llm.lm_head.weight.clone()
     _step(stage2, make_batch(stage2, 2), lr=1e-3)
     assert torch.equal(stage2.task_tokens(), tokens) and not torch.equal(stage2.llm.lm_head.weight, head)
     stage2.eval()
     images = torch.rand(1, 3, stage2.image_size, stage2.image_size)
-    assert len(stage2.generate(images, ["what?"], max_new_tokens=2)) == 1
+    assert len(generate(stage2, images, ["what?"], max_new_tokens=2)) == 1
 
 
 def test_inference_keeps_the_task_tokens_in_the_sequence():
@@ -307,10 +309,10 @@ def test_inference_keeps_the_task_tokens_in_the_sequence():
     hook = model.llm.model.register_forward_pre_hook(
         lambda m, a, kw: seen.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
     images = torch.rand(1, 3, model.image_size, model.image_size)
-    model.generate(images, ["what?"], max_new_tokens=1)
-    model.score_options(images, ["what?"], [["a", "b"]])
+    generate(model, images, ["what?"], max_new_tokens=1)
+    score_options(model, images, ["what?"], [["a", "b"]])
     hook.remove()
-    from minijarvis.data import encode_prompt
+    from minijarvis.data.llava import encode_prompt
     prompt = len(encode_prompt(model.tokenizer, "what?"))
     assert seen[0] == prompt - 1 + model.num_visual + 24, "generation: image slots + 24 task tokens"
     assert seen[-1] > prompt - 1 + model.num_visual + 24, "option scoring too"
@@ -328,10 +330,11 @@ def test_layer_outputs_equal_hidden_states():
 
 
 def test_bad_target_spec_is_a_clear_error():
+    # The specs are parsed where they are used (config.py imports no method code): building the model.
     with pytest.raises(ValueError, match="unknown target preset 'nope'"):
-        tiny_config(method="visper", visper_targets=("tiny-gen", "nope")).validate()
+        _model(visper_targets=("tiny-gen", "nope"))
     with pytest.raises(ValueError, match="unique names"):
-        tiny_config(method="visper", visper_targets=("tiny-gen", "tiny-gen")).validate()
+        _model(visper_targets=("tiny-gen", "tiny-gen"))
     with pytest.raises(ValueError, match=r"layers \[9\] outside \[1, 4\]"):
         _model(visper_targets=("tiny-gen,layers=9",))
     ok = dataclasses.replace(tiny_config(), visper_targets=("nope",))
@@ -373,7 +376,7 @@ def test_killed_visper_run_resumes_identically(tmp_path, monkeypatch):
     (["--visper-weight", "-1"], "argument --visper-weight: must be a number >= 0"),
 ])
 def test_bad_visper_flags_stop_at_start_up(flag, message, capsys):
-    from minijarvis.cli import parse_args
+    from minijarvis.training.cli import parse_args
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--method", "visper", *flag])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

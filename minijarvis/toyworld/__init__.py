@@ -4,7 +4,7 @@ With random weights nothing in a tiny run *knows* anything, so JARVIS vs LLaVA o
 is noise around chance. The papers' claim is about knowledge: a caption-trained encoder misses
 what captions omit (counts, relations, depth), a self-supervised or expert encoder has it, and
 distilling the expert into the LLM helps. The toy world builds that premise in miniature, on
-the synthetic scenes of ``minijarvis.shapes`` (``world.py``: data; ``parts.py``: training and
+the synthetic scenes of ``minijarvis.data.shapes`` (``world.py``: data; ``parts.py``: training and
 measurements; ``build.py``: the build):
 
 * a tiny LLM that knows the toy language (captions, conversations, benchmark questions);
@@ -19,4 +19,4 @@ weights). Rebuild them (seeded; a few minutes on 2 CPU cores):
     python -m minijarvis.toyworld build                       # writes minijarvis/toyworld/assets
     python -m minijarvis.toyworld build --out /tmp/toy --size small --seed 1
 """
-from ..config import TOY_ASSETS  # noqa: F401  (where the shipped parts are)
+from minijarvis.config import TOY_ASSETS  # noqa: F401  (where the shipped parts are)

@@ -8,9 +8,9 @@ import time
 
 import torch
 
-from ..config import TOY_ASSETS
-from ..errors import add_debug_flag, nonnegative_int, positive_int, run_main
-from .build import SIZES, build
+from minijarvis.config import TOY_ASSETS
+from minijarvis.errors import add_debug_flag, nonnegative_int, positive_int, run_main
+from minijarvis.toyworld.build import SIZES, build
 
 
 def main(argv=None) -> int:

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoint import build_llm
-from ..config import ENCODERS, preset
-from ..encoders import VisionEncoder
-from ..tokenizer import build_tokenizer
-from . import parts as P
-from .world import scene_tensors, text_corpus
+from minijarvis.llm import build_llm
+from minijarvis.config import ENCODERS, preset
+from minijarvis.encoders import VisionEncoder
+from minijarvis.llm import build_tokenizer
+from minijarvis.toyworld import parts as P
+from minijarvis.toyworld.world import scene_tensors, text_corpus
 
 HELD_OUT = 1 << 30  # index offset of held-out text and scenes (never trained on)
 FILES = dict(llm="llm", caption_encoder="caption_encoder.safetensors",

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..config import ENCODERS
-from ..runtime import cosine_lr
+from minijarvis.config import ENCODERS
+from minijarvis.training.runtime import cosine_lr
 
 MAX_TOKENS = 160  # longest toy text (a 3-turn conversation) is ~110 tokens
 ROW = 128  # packed training rows of the LLM

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import shapes as S
-from ..data import load_image
-from ..shapesbench import TASKS, bench_item, format_prompt
+from minijarvis.data import shapes as S
+from minijarvis.data.llava import load_image
+from minijarvis.evaluation.shapesbench import TASKS, bench_item, format_prompt
 
 WORLD_SEED = 1000  # offset of the build's user seed: away from train.py's seeds 0, 1, 2, ...
 SKY_DEPTH = 30.0  # depth given to sky patches (beyond the farthest ground line drawn, 20)

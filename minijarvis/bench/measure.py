@@ -1,5 +1,5 @@
 """Measuring steps: time with a device sync, named parts timed inside a step, peak memory,
-and interleaved rounds. Used by ``bench.py`` through :mod:`minijarvis.bench_utils`; each helper
+and interleaved rounds. Used by ``bench.py`` through :mod:`minijarvis.bench.steps`; each helper
 is tested alone.
 
 Peak memory is reported as *transient* bytes: the peak above what was allocated when the

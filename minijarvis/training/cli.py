@@ -3,7 +3,7 @@
 Every flag maps onto one config field (``--jepa-lambda`` -> ``ModelConfig.jepa_lambda``,
 ``--batch-size`` -> ``TrainConfig.batch_size``, ...). A flag left unset keeps the preset's
 value, or for ``--stage finetune --init DIR`` the stage-1 checkpoint's; ``--resume`` takes
-every setting from the checkpoint it resumes and refuses flags that differ (minijarvis/resume.py).
+every setting from the checkpoint it resumes and refuses flags that differ (minijarvis/training/resume.py).
 Invalid values are refused at start-up by argparse types (minijarvis/errors.py), unusable
 files and folders by :func:`check_inputs` before anything is built.
 """
@@ -16,16 +16,17 @@ from pathlib import Path
 
 import torch
 
-from .config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
+from minijarvis.config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_STAGE_DEFAULTS, METHODS,
                      PRESETS, STAGES, TOY_CAPTION_ENCODER, TOY_EXPERT, TRACKERS, MaskConfig,
                      TrainConfig, is_toy, preset)
-from .data import LlavaDataset, make_collate, read_llava_json
-from .errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
+from minijarvis.data.llava import LlavaDataset, make_collate, read_llava_json
+from minijarvis.errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
                      nonnegative_float, nonnegative_int, positive_float, positive_int,
                      positive_int_or, probability)
-from .model import JarvisModel
-from .resume import RESUME_FREE, resume_config
-from .runtime import DistInfo, print0
+from minijarvis.model import JarvisModel
+from minijarvis.training.resume import RESUME_FREE, resume_config
+from minijarvis.training.runtime import DistInfo, print0
+from minijarvis.training.checkpoint import load_checkpoint
 
 
 def context_layer(text: str) -> int:
@@ -147,7 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _target_spec(text: str) -> str:
     """argparse type of --visper-target: checked at start-up, kept as text in the config."""
-    from .targets import parse_target
+    from minijarvis.targets import parse_target
     try:
         parse_target(text)
     except ValueError as e:
@@ -240,7 +241,7 @@ def check_inputs(args) -> None:
         if path and not Path(path).is_file():
             raise InputError(f"{path}: no such file ({flag})")
     if args.init:
-        from .checkpoint import check_checkpoint_dir
+        from minijarvis.training.checkpoint import check_checkpoint_dir
         check_checkpoint_dir(args.init)
     if args.llm and (Path(args.llm).exists() or args.llm.startswith((".", "/", "~"))) \
             and not (Path(args.llm).expanduser() / "config.json").is_file():
@@ -275,7 +276,7 @@ def build_run(args, info: DistInfo) -> Run:
     tcfg = None
     if args.resume:
         ckpt = output / "checkpoint"
-        from .runtime import recover_checkpoint
+        from minijarvis.training.runtime import recover_checkpoint
         recover_checkpoint(ckpt)  # a crash between the two renames of an atomic save
         if not (ckpt / "trainer.json").exists():
             raise InputError(f"{ckpt}: no resumable checkpoint to --resume (train.py writes one every "
@@ -284,9 +285,9 @@ def build_run(args, info: DistInfo) -> Run:
     # The data is read before any model loads: a bad file stops the run at once.
     records = _read_data(tcfg.data if tcfg else args.data, tcfg.image_folder if tcfg else args.image_folder)
     if args.resume:
-        model = JarvisModel.from_checkpoint(ckpt)
+        model = load_checkpoint(ckpt)
     elif args.stage == "finetune" and args.init:
-        model = JarvisModel.from_checkpoint(args.init, stage="finetune", **_model_overrides(args))
+        model = load_checkpoint(args.init, stage="finetune", **_model_overrides(args))
         real = model.cfg.llm_pretrained and not is_toy(model.cfg)  # toy LLM: tiny defaults
         tcfg = new_train_config(args, real, info.world_size, output)
     else:
@@ -311,7 +312,7 @@ def build_run(args, info: DistInfo) -> Run:
             print0(f"warning: VisPer-LM targets {random} have random weights; give each a local "
                    "file with --visper-target <preset>,weights=PATH")
     _place(model, tcfg, info)
-    from .runtime import set_cpu_threads
+    from minijarvis.training.runtime import set_cpu_threads
     set_cpu_threads(model, info.device, args.threads)
     data, folder = tcfg.data, tcfg.image_folder
     if not data:
@@ -323,7 +324,7 @@ def build_run(args, info: DistInfo) -> Run:
                            num_visual=model.num_slots, strict=tcfg.strict,
                            plain_style=tcfg.plain_style, source=data)
     if dataset.num_invalid:
-        from .data import format_skips
+        from minijarvis.data.llava import format_skips
         print0("at load, " + format_skips(dataset.problems))
     pad = model.tokenizer.pad_token_id or 0
     return Run(model, dataset, make_collate(pad, model.image_size), tcfg, output)
@@ -347,7 +348,7 @@ def _place(model: JarvisModel, tcfg: TrainConfig, info: DistInfo) -> None:
 
 def _synthetic(tcfg: TrainConfig, info: DistInfo) -> tuple[str, str]:
     """Built-in shapes data cached as a LLaVA folder (rank 0 writes, the others wait)."""
-    from .shapes import write_llava_folder
+    from minijarvis.data.shapes import write_llava_folder
     kind = "caption" if tcfg.stage == "align" else "instruct"
     folder = Path("runs") / "data" / f"shapes-{kind}-{tcfg.synthetic_size}-seed{tcfg.seed}"
     if info.rank == 0:

@@ -35,8 +35,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import BadRecord
-from .shapesbench import ANSWER_INSTRUCTION, LETTERS, format_prompt, shapes_bench
+from minijarvis.data.llava import BadRecord
+from minijarvis.evaluation.shapesbench import ANSWER_INSTRUCTION, LETTERS, format_prompt, shapes_bench
 
 BENCHES = ("shapes", "cvbench", "mmvp", "blink", "realworldqa")
 SCORE_TARGETS = ("text", "option", "letter")

@@ -1,4 +1,4 @@
-"""ShapesBench: a CV-Bench-style multiple-choice benchmark on the synthetic scenes of `minijarvis.shapes`.
+"""ShapesBench: a CV-Bench-style multiple-choice benchmark on the synthetic scenes of `minijarvis.data.shapes`.
 
 CV-Bench's four tasks, with the same question wording (objects are named by their unique colour+kind
 instead of highlighted by boxes):
@@ -15,7 +15,7 @@ choices, so answers are balanced over letters for every task. Scenes come from t
 of `scene_seed`, disjoint from the training data's. No training caption mentions a count, a relation
 or depth, so these questions cannot be answered by reading captions.
 
-    from minijarvis.shapesbench import shapes_bench, write_bench_jsonl
+    from minijarvis.evaluation.shapesbench import shapes_bench, write_bench_jsonl
     items = shapes_bench(n_per_task=100)                 # list of dicts with PIL images
     write_bench_jsonl("data/shapesbench", n_per_task=100)  # test.jsonl + img/, CV-Bench's file layout
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minijarvis.shapes import COLORS, DEFAULT_IMAGE_SIZE, KINDS, Scene, render, sample_scene, scene_seed
+from minijarvis.data.shapes import COLORS, DEFAULT_IMAGE_SIZE, KINDS, Scene, render, sample_scene, scene_seed
 
 TASKS = ("Count", "Relation", "Depth", "Distance")
 TASK_TYPE = {"Count": "2D", "Relation": "2D", "Depth": "3D", "Distance": "3D"}

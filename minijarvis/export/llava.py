@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import hf_vision
-from .errors import InputError, UsageError, add_debug_flag, positive_int, run_main
+from minijarvis.export import hf_vision
+from minijarvis.errors import InputError, UsageError, add_debug_flag, positive_int
+from minijarvis.evaluation.inference import score_options
+from minijarvis.training.checkpoint import load_checkpoint
 
 EXPORTABLE_METHODS = ("jarvis", "llava", "nomask", "viral", "visper")  # inference = LLaVA's
 # Content lists (transformers' multimodal messages) -> the plain strings minijarvis's template
@@ -173,14 +174,13 @@ def export(checkpoint, out, allow_causal: bool = False):
     returns (out, the loaded minijarvis model)."""
     from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from .checkpoint import CONFIG
-    from .config import load_config
-    from .inference import _stop_ids
-    from .model import JarvisModel
+    from minijarvis.training.checkpoint import CONFIG
+    from minijarvis.config import load_config
+    from minijarvis.evaluation.inference import _stop_ids
 
     checkpoint, out = Path(checkpoint), Path(out)
     check_exportable(load_config(checkpoint / CONFIG)["model"], allow_causal)
-    model = JarvisModel.from_checkpoint(checkpoint).eval()
+    model = load_checkpoint(checkpoint).eval()
     tok = exported_tokenizer(model)
     text_config = copy.deepcopy(model.llm.config)
     old_vocab = model.llm.get_input_embeddings().weight.shape[0]
@@ -228,8 +228,8 @@ def causal_change(model, n_per_task: int = 8) -> dict:
     |delta log-prob| per token of the answer options, and the accuracy of both, scored as
     eval.py scores by default (the option's text, mean log-prob per token). The exported model
     is this model run causally (equal logits: tests/test_export.py); on CUDA if there is one."""
-    from .benchmarks import LETTERS, load_shapes
-    from .data import load_image
+    from minijarvis.evaluation.benchmarks import LETTERS, load_shapes
+    from minijarvis.data.llava import load_image
 
     items, _ = load_shapes(n_per_task)
     aspect = image_aspect(model.cfg, model.stage)
@@ -242,7 +242,7 @@ def causal_change(model, n_per_task: int = 8) -> dict:
             image = load_image(it.image, model.image_size, model.image_mean, aspect)[None]
             for name, bidirectional in (("minijarvis", trained), ("exported", False)):
                 model.bidirectional_visual = bidirectional
-                scores[name] += model.score_options(image, [it.prompt], [list(it.choices)], normalize=True)
+                scores[name] += score_options(model, image, [it.prompt], [list(it.choices)], normalize=True)
     finally:
         model.bidirectional_visual = trained
     delta = torch.cat([(a - b).abs() for a, b in zip(scores["minijarvis"], scores["exported"])])
@@ -269,6 +269,3 @@ def main(argv=None) -> int:
               f"{m['accuracy']['minijarvis']:.3f} in minijarvis -> {m['accuracy']['exported']:.3f} exported")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_main(main, prog="python -m minijarvis.export"))

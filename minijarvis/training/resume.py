@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from .config import ENCODERS, PRESETS, MaskConfig, TrainConfig, load_config, preset
-from .errors import InputError, UsageError
+from minijarvis.config import ENCODERS, PRESETS, MaskConfig, TrainConfig, load_config, preset
+from minijarvis.errors import InputError, UsageError
 
 # Flags that may differ from the checkpoint's run under --resume: they change no result.
 RESUME_FREE = ("save_every", "log_every", "threads", "num_workers", "report_to")

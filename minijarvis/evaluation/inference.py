@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import encode_prompt, encode_reply, stop_token_ids
+from minijarvis.data.llava import encode_prompt, encode_reply, stop_token_ids
 
 
 def _batch(model, ids: list[list[int]], images: torch.Tensor | None, labels=None) -> dict:
@@ -109,20 +109,3 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
         total = (logp * keep).sum(1)
         scores.append((total / keep.sum(1) if normalize else total).cpu())
     return scores
-
-
-def to_block_mask(mask: torch.Tensor):
-    """A FlexAttention ``BlockMask`` from a dense bool mask [B,1,L,L] (True = may attend).
-
-    FlexAttention skips fully masked 128x128 blocks, so JARVIS's sparse layout costs less
-    than a dense additive mask. Forward works on CPU; the backward needs CUDA (DESIGN.md §5).
-    """
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    dense = mask[:, 0]
-    bsz, length = dense.shape[0], dense.shape[-1]
-
-    def mask_mod(b, h, q, kv):
-        return dense[b, q, kv]
-
-    return create_block_mask(mask_mod, bsz, None, length, length, device=mask.device)

@@ -8,9 +8,9 @@ ones are painted last so they occlude farther ones.
 The captions (stage 1) deliberately describe only part of a scene -- one or two objects, maybe the
 ground -- and never counts, relations or depth: that is the paper's premise (captions are incomplete,
 so a model trained on them alone learns to read only what captions talk about). The vision-centric
-benchmark built on the same renderer lives in `minijarvis.shapesbench`.
+benchmark built on the same renderer lives in `minijarvis.evaluation.shapesbench`.
 
-    from minijarvis.shapes import SyntheticLlava, write_llava_folder
+    from minijarvis.data.shapes import SyntheticLlava, write_llava_folder
     record, image = SyntheticLlava("caption", size=1000)[3]      # on the fly, deterministic per (seed, i)
     write_llava_folder("data/shapes", "instruct", n=5000)          # LLaVA JSON + PNGs, cached
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampler import epoch_batches
+from minijarvis.data.sampler import epoch_batches
 
 # source: (rows, has image, median words, log-normal sigma)
 SOURCES = {

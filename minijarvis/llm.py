@@ -1,10 +1,12 @@
-"""Tokenizers: an offline built-in byte-level BPE for the tiny preset, or any HF tokenizer.
+"""The language model the MLLM is built around, and its tokenizer.
 
-The tiny preset's LLM has ``vocab_size=1024``; :func:`build_tokenizer` trains a byte-level BPE
-that fits it on a small built-in English corpus (colours, shapes, spatial words, numbers,
-LLaVA-style instructions). It needs no download, is deterministic (the same ids in every
-process), and — being byte-level, with no normaliser — encodes ANY string and decodes it back
-exactly. Real presets use the LLM's own tokenizer through :func:`load_tokenizer`.
+* :func:`build_llm`: the causal LM, from a hub id or local directory, or randomly initialised
+  from a preset's ``llm_arch`` offline; :func:`resolve_attn` picks its attention backend.
+* :func:`load_tokenizer`: the LLM's own tokenizer, or (``"builtin"``) an offline byte-level BPE
+  for the tiny preset. :func:`build_tokenizer` trains that BPE to fit ``vocab_size=1024`` on a
+  small built-in English corpus (colours, shapes, spatial words, numbers, LLaVA-style
+  instructions): no download, deterministic (the same ids in every process), and — being
+  byte-level, with no normaliser — it encodes ANY string and decodes it back exactly.
 
 ``"<image>"`` (:data:`IMAGE_TOKEN`) is one special token: the text ``"<image>"`` always becomes
 exactly one id, which the model replaces by H*W visual slots before the embedding layer.
@@ -15,7 +17,11 @@ import functools
 from itertools import product
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
+
+from .config import ModelConfig
 
 IMAGE_TOKEN = "<image>"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -161,3 +167,27 @@ VICUNA_V1_TEMPLATE = (
     "{% elif m['role'] == 'assistant' %}ASSISTANT: {{ m['content'] }}</s>"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+SDPA_UNSUPPORTED = ("gemma2",)  # attention soft-capping: eager only (DESIGN.md §5)
+
+
+def resolve_attn(cfg: ModelConfig, model_type: str) -> str:
+    """The attention backend: eager for Gemma2 (soft-capping), SDPA for the others."""
+    if cfg.llm_attn != "auto":
+        return cfg.llm_attn
+    return "eager" if model_type in SDPA_UNSUPPORTED else "sdpa"
+
+
+def build_llm(cfg: ModelConfig) -> torch.nn.Module:
+    """The causal LM: from ``llm_name`` (hub id or local directory) when ``llm_pretrained``,
+    else randomly initialised from ``llm_arch`` offline. Only a pretrained load can reach
+    the network, and only when ``llm_name`` is a hub id."""
+    if cfg.llm_pretrained:
+        config = AutoConfig.from_pretrained(cfg.llm_name)
+        attn = resolve_attn(cfg, config.model_type)
+        return AutoModelForCausalLM.from_pretrained(cfg.llm_name, attn_implementation=attn)
+    arch = dict(cfg.llm_arch)
+    model_type = arch.pop("model_type")
+    config = AutoConfig.for_model(model_type, **arch)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=resolve_attn(cfg, model_type))

@@ -1,7 +1,7 @@
 """The training steps bench.py measures: synthetic batches, one JARVIS instance viewed as each
 method, train.py's step, the JARVIS parts to time inside it, fast random weights, and the
 arithmetic around them (model FLOPs, MFU, static bytes, the environment). Timing and memory
-live in :mod:`minijarvis.measure`. Each helper is tested alone.
+live in :mod:`minijarvis.bench.measure`. Each helper is tested alone.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from .measure import PartTimer, median, part_medians, tensor_bytes
+from minijarvis.bench.measure import PartTimer, median, part_medians, tensor_bytes
 
 METHODS = ("llava", "jarvis", "nomask", "visper")
 # bench.py's extra view: VisPer-LM's sequence (task tokens after the image) trained on NTP alone,
@@ -236,7 +236,7 @@ def attach_visper(model, skip_init: bool = False) -> None:
     ``skip_init``: timm's slow weight init skipped (random-weight speed runs only)."""
     import dataclasses
 
-    from .visper import TaskTokens, VisperHead, parse_targets
+    from minijarvis.visper import TaskTokens, VisperHead, parse_targets
     specs = parse_targets(model.cfg.visper_targets)
     if skip_init:
         specs = [dataclasses.replace(s, kwargs={**s.kwargs, "weight_init": "skip"}) for s in specs]
@@ -265,7 +265,7 @@ def predictors_fwd_bwd(model, captured: dict, bf16: bool = False) -> dict:
 
 def visper_parts(times: dict, outs: dict) -> dict:
     """VisPer-LM's breakdown and what it adds, paired round by round (as jarvis's extra_ms), from
-    :func:`~minijarvis.measure.interleaved`'s times and outs of the visper, visper_tokens and
+    :func:`~minijarvis.bench.measure.interleaved`'s times and outs of the visper, visper_tokens and
     visper_predictors steps (and llava's, if it ran): ms. ``visper_extra_ms`` subtracts llava
     (the issue's form), ``visper_extra_tokens_ms`` llava at visper's length (the tokens counted)."""
     vp, pred = part_medians(outs["visper"]), [t * 1e3 for t in times["visper_predictors"]]

@@ -2,7 +2,7 @@
 table with the JARVIS breakdown, and the README's speed/memory rows."""
 from __future__ import annotations
 
-from .measure import median
+from minijarvis.bench.measure import median
 
 
 def check_visper(s1: dict) -> list[dict]:

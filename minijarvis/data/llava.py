@@ -30,10 +30,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from minijarvis.config import IMAGE_ASPECTS, release_image_aspect
 from minijarvis.errors import InputError
-from minijarvis.text import (  # noqa: F401 (text -> ids lives in text.py; re-exported here)
+from minijarvis.data.text import (  # noqa: F401 (text -> ids lives in text.py; re-exported here)
     IGNORE_INDEX, PLAIN_STYLES, ROLES, encode_caption, encode_conversation, encode_prompt,
     encode_reply, encode_segments, image_token_id, stop_token_ids, truncate_spliced)
-from minijarvis.tokenizer import IMAGE_TOKEN
+from minijarvis.llm import IMAGE_TOKEN
 
 
 class BadRecord(InputError):
@@ -263,8 +263,8 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def modality_lengths(self) -> tuple[list[int], list[bool]]:
         """Per usable record: LLaVA's word-count length estimate and whether it has an image
-        (:func:`minijarvis.sampler.modality_lengths`), for stage 2's grouped batches."""
-        from minijarvis.sampler import modality_lengths
+        (:func:`minijarvis.data.sampler.modality_lengths`), for stage 2's grouped batches."""
+        from minijarvis.data.sampler import modality_lengths
         return modality_lengths(self.records[i] for i in self.valid)
 
     @property

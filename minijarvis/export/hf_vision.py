@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import InputError
+from minijarvis.errors import InputError
 
 SUPPORTED = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}
 

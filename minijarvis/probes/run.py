@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import probing as P
-from .checkpoint import CONFIG, WEIGHTS
-from .config import load_config
-from .data import encode_caption, encode_prompt, load_image, read_llava_json
-from .errors import InputError, UsageError
-from .runtime import set_cpu_threads
-from .shapes import DEFAULT_IMAGE_SIZE, render, scene_from_seed, scene_seed
-from .targets import TargetSpec, build_target, parse_target, resolve_layers
+from minijarvis.probes import core as P
+from minijarvis.training.checkpoint import CONFIG, WEIGHTS
+from minijarvis.config import load_config
+from minijarvis.data.llava import encode_caption, encode_prompt, load_image, read_llava_json
+from minijarvis.errors import InputError, UsageError
+from minijarvis.training.runtime import set_cpu_threads
+from minijarvis.data.shapes import DEFAULT_IMAGE_SIZE, render, scene_from_seed, scene_seed
+from minijarvis.targets import TargetSpec, build_target, parse_target, resolve_layers
+from minijarvis.training.checkpoint import load_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROBE_SEEDS = 1 << 39  # scene indices >= this in the "bench" split: ShapesBench items stay below 2**34
@@ -194,10 +195,9 @@ def method_layers(model) -> list[int]:
 def probe_checkpoint(info: CheckpointInfo, layers: list[int], targets: list, items, n_train: int, args) -> dict:
     """Every score of one checkpoint: rows (target, layer, metric, mean, lo, hi) and per-image
     scores, the mean-predictor baseline per target, the method's layers and timings."""
-    from .model import JarvisModel
     t0 = time.time()
     device = torch.device(args.device)
-    model = JarvisModel.from_checkpoint(info.path).to(device).eval().requires_grad_(False)
+    model = load_checkpoint(info.path).to(device).eval().requires_grad_(False)
     set_cpu_threads(model, device)
     images = torch.stack([load_image(src, model.image_size, model.image_mean, model.image_aspect,
                                      record_id=rid) for rid, src in items])

@@ -34,8 +34,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
-from .runtime import cosine_lr
-from .visper import Resampler
+from minijarvis.training.runtime import cosine_lr
+from minijarvis.visper import Resampler
 
 PROBES = ("resampler", "linear")
 METRICS = ("flat", "token")

@@ -19,8 +19,8 @@ import json
 import os
 from pathlib import Path
 
-from .config import TRACKERS
-from .errors import InputError
+from minijarvis.config import TRACKERS
+from minijarvis.errors import InputError
 
 _INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minijarvis.tokenizer import IMAGE_TOKEN
+from minijarvis.llm import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "gpt": "assistant"}  # LLaVA's "from" -> chat-template role
@@ -30,7 +30,7 @@ def image_token_id(tokenizer) -> int:
     ids = tokenizer(IMAGE_TOKEN, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ValueError(f"tokenizer splits {IMAGE_TOKEN!r} into {len(ids)} ids; "
-                         "load it with minijarvis.tokenizer.load_tokenizer")
+                         "load it with minijarvis.llm.load_tokenizer")
     return ids[0]
 
 

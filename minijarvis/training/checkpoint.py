@@ -1,4 +1,4 @@
-"""Building the LLM, and checkpoints: safetensors weights + config.json + the tokenizer.
+"""Checkpoints: safetensors weights + config.json + the tokenizer.
 
 A checkpoint directory holds
 
@@ -16,41 +16,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM
 
-from .config import ModelConfig, load_config, save_config
-from .errors import InputError, brief
+from minijarvis.config import ModelConfig, load_config, save_config
+from minijarvis.errors import InputError, brief
+from minijarvis.llm import load_tokenizer
+from minijarvis.model import JarvisModel
+from minijarvis.visper import parse_targets
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
 # Parts a stage-2 model may lack that a stage-1 checkpoint holds: JARVIS's additions and
 # VisPer-LM's head (predictors, temperatures, targets). VisPer-LM's task tokens stay.
 STAGE1_ONLY = ("z", "proj_tgt.", "target_encoder.", "visper.")
-SDPA_UNSUPPORTED = ("gemma2",)  # attention soft-capping: eager only (DESIGN.md §5)
-
-
-def resolve_attn(cfg: ModelConfig, model_type: str) -> str:
-    """The attention backend: eager for Gemma2 (soft-capping), SDPA for the others."""
-    if cfg.llm_attn != "auto":
-        return cfg.llm_attn
-    return "eager" if model_type in SDPA_UNSUPPORTED else "sdpa"
-
-
-def build_llm(cfg: ModelConfig) -> torch.nn.Module:
-    """The causal LM: from ``llm_name`` (hub id or local directory) when ``llm_pretrained``,
-    else randomly initialised from ``llm_arch`` offline. Only a pretrained load can reach
-    the network, and only when ``llm_name`` is a hub id."""
-    if cfg.llm_pretrained:
-        config = AutoConfig.from_pretrained(cfg.llm_name)
-        attn = resolve_attn(cfg, config.model_type)
-        return AutoModelForCausalLM.from_pretrained(cfg.llm_name, attn_implementation=attn)
-    arch = dict(cfg.llm_arch)
-    model_type = arch.pop("model_type")
-    config = AutoConfig.for_model(model_type, **arch)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=resolve_attn(cfg, model_type))
-
-
 def saved_prefixes(cfg: ModelConfig, stage: str) -> tuple[str, ...]:
     """State-dict prefixes a checkpoint of a ``stage`` model stores (see the module docstring)."""
     keep = ["proj.", "z", "proj_tgt.", "task_tokens.", "visper.predictors.", "visper.log_scales."]
@@ -61,7 +38,6 @@ def saved_prefixes(cfg: ModelConfig, stage: str) -> tuple[str, ...]:
     if not (cfg.tgt_pretrained or cfg.tgt_weights):
         keep.append("target_encoder.")
     if cfg.method == "visper":  # randomly initialised VisPer-LM targets, so a resume is exact
-        from .visper import parse_targets
         keep += [f"visper.targets.{s.name}." for s in parse_targets(cfg.visper_targets)
                  if not (s.pretrained or s.weights)]
     return tuple(keep)
@@ -107,11 +83,10 @@ def check_checkpoint_dir(directory) -> Path:
     return directory
 
 
-def load_checkpoint(cls, directory, stage: str | None = None, **overrides):
+def load_checkpoint(directory, stage: str | None = None, **overrides) -> JarvisModel:
     """Rebuild a model from ``directory``; ``stage="finetune"`` on a stage-1 checkpoint starts
     stage 2: JARVIS's z, proj_tgt and target encoder are dropped (VIRAL builds fresh ones).
     ``overrides`` replace ModelConfig fields (e.g. ``method="viral"`` for stage 2)."""
-    from .tokenizer import load_tokenizer
 
     directory = check_checkpoint_dir(directory)
     configs = load_config(directory / CONFIG)
@@ -123,7 +98,7 @@ def load_checkpoint(cls, directory, stage: str | None = None, **overrides):
         tokenizer = load_tokenizer(str(directory / TOKENIZER))
     except (OSError, ValueError) as e:
         raise InputError(f"{directory / TOKENIZER}: cannot load the tokenizer ({brief(e)})") from e
-    model = cls(cfg, configs.get("mask"), stage or saved_stage, tokenizer=tokenizer)
+    model = JarvisModel(cfg, configs.get("mask"), stage or saved_stage, tokenizer=tokenizer)
     try:
         state = load_file(str(directory / WEIGHTS))
     except Exception as e:  # safetensors raises its own error type for a damaged file

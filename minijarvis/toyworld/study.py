@@ -22,8 +22,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .shapes import write_llava_folder
-from .shapesbench import TASKS, bench_item
+from minijarvis.data.shapes import write_llava_folder
+from minijarvis.evaluation.shapesbench import TASKS, bench_item
 
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)  # df = 1..20; 1.96 beyond
