@@ -2,7 +2,7 @@
 
     python bench.py                          # tiny preset, CPU, about 25 s
     python bench.py --preset gemma2-2b       # real shape on CPU: batch 1, llava + jarvis, 2 + 3 rounds
-    python bench.py --cuda-suite             # one GPU: the README's speed/memory table
+    python bench.py --cuda-suite             # one GPU: the rows of docs/speed.md's table
     python bench.py --preset vicuna-7b --attn-compare      # the suite's second half alone (GPU)
 
 One process, one model instance, built as JARVIS stage 1. Each method is a *view* of it
@@ -15,13 +15,13 @@ hits them alike:
     (``--keep-dropped-slots``: the release's full sequence); ``nomask``: NTP + alignment of h_j
     at all slots, causal;
   * breakdown of the JARVIS step, timed *inside* the jarvis steps themselves
-    (``bench_utils.instrumented``): F_tgt forward, mask sampling, mask building (the kept
+    (``bench.steps.instrumented``): F_tgt forward, mask sampling, mask building (the kept
     positions and the 4D mask over them, in the LLM's form), LLM forward + the backward pass (the backward also
     carries proj, z and proj_tgt); the same LLM parts of the llava steps for comparison; the
     rest (F_ctx, proj, losses, AdamW) is "other". Nothing runs twice, so a real-shape CPU run
     costs only its steps;
-  * ``visper``: VisPer-LM's step (``bench_utils.attach_visper``), with llava at its length as
-    one more step of each round; breakdown and targets: ``bench_utils.visper_parts``;
+  * ``visper``: VisPer-LM's step (``bench.steps.attach_visper``), with llava at its length as
+    one more step of each round; breakdown and targets: ``bench.steps.visper_parts``;
   * stage 2: F_tgt, z and proj_tgt are dropped (a stage-2 model has none), the LLM trains and
     the ``llava`` view runs on a chat-like batch; on CUDA at the largest batch that fits.
 A step is train.py's: forward (bf16 autocast with --bf16), backward, clip to 1.0, AdamW.
@@ -31,7 +31,7 @@ Memory per method = static (weights of that method's model + its optimizer state
 before the first step) + transient (peak above the step's start): CUDA from the allocator in
 the measured steps, CPU from the first warm-up round (see minijarvis/bench/measure.py).
 Targets (``minijarvis.bench.report``): jarvis - llava - F_tgt and visper's two forms, by round.
-Random weights: real shapes are built with ``bench_utils.fast_random_init`` (in bf16 with --bf16),
+Random weights: real shapes are built with ``bench.steps.fast_random_init`` (in bf16 with --bf16),
 then moved; random timm encoders skip timm's slow truncated-normal init.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ from minijarvis.bench.steps import (METHODS, attach_visper, autocast, available_
                                     fast_random_init, instrumented, make_optimizer, mfu, peak_flops, predictors_fwd_bwd,
                                     prime_optimizer, set_attention, static_bytes, synthetic_batch, train_flops,
                                     train_step, visper_parts)
-from minijarvis.bench.report import check_targets, print_report, readme_table  # noqa: E402
+from minijarvis.bench.report import check_targets, print_report, speed_table  # noqa: E402
 from minijarvis.bench.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, part_medians, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "breakdowns, visper also times llava at its length (default: all; llava,jarvis for a real shape on CPU)")
     p.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=None,
                    help="time a stage-2 step too (default: on, except for a real shape on CPU)")
-    p.add_argument("--peak-tflops", type=positive_float, default=None, help="GPU bf16 dense peak for MFU if not in bench_utils' table")
+    p.add_argument("--peak-tflops", type=positive_float, default=None, help="GPU bf16 dense peak for MFU if not in bench.steps' table")
     p.add_argument("--threads", type=nonnegative_int, default=None, help="CPU threads (torch.set_num_threads; 0: torch's default); 1 is steadier on a busy machine")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default runs/bench/<preset>-<device>.json)")
@@ -114,7 +114,7 @@ def settle(args) -> torch.device:
 
     A real shape on a CPU is a smoke test of speed and memory at small batch: batch 1, llava
     and jarvis only, two warm-up rounds (the first also measures memory) and three measured
-    rounds, no stage 2, so Gemma2-2B prints its table in about 1.5 minutes on two cores (README)."""
+    rounds, no stage 2, so Gemma2-2B prints its table in about 1.5 minutes on two cores (docs/speed.md)."""
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     cuda, tiny = device.type == "cuda", args.preset == "tiny"
     real_cpu = not cuda and not tiny
@@ -138,7 +138,7 @@ def settle(args) -> torch.device:
 
 def build_model(args, device) -> JarvisModel:
     """JARVIS stage 1 at the preset's shape. Real shapes get fast random weights
-    (``bench_utils.fast_random_init``), built directly in bf16 with --bf16: Gemma2-2B takes
+    (``bench.steps.fast_random_init``), built directly in bf16 with --bf16: Gemma2-2B takes
     4 s instead of a minute on a CPU. Then, as minijarvis.training.cli._place: frozen networks in bf16,
     what trains in fp32."""
     cfg = preset(args.preset, pretrained=False)
@@ -158,7 +158,7 @@ def build_model(args, device) -> JarvisModel:
     try:
         with fast:
             model = JarvisModel(cfg, MaskConfig(), stage="align")
-            if "visper" in args.methods:  # its parts join the same instance (bench_utils.method_view)
+            if "visper" in args.methods:  # its parts join the same instance (bench.steps.method_view)
                 attach_visper(model, skip_init=real)
     finally:
         torch.set_default_dtype(default)
@@ -200,7 +200,7 @@ def method_rows(model, opt, batch, methods, times, peaks, outs, args, device, ll
 
 def timed_steps(model, opt, batch, methods, g, args, device, setup=None, warmup=None, timer=None) -> tuple:
     """Interleaved train steps of ``methods`` (names of ``fns``: method or "impl/method"), each
-    instrumented (bench_utils.instrumented) with ``timer``: returns interleaved's (times, peaks,
+    instrumented (bench.steps.instrumented) with ``timer``: returns interleaved's (times, peaks,
     outs), every out = {part: seconds} of that step plus its ``loss``."""
     timer = timer or PartTimer(device)
 
@@ -351,7 +351,7 @@ def run(args) -> dict:
             res["attention"] = dict(error=repr(err))
     if args.stage2:
         res["stage2"] = measure_stage2(model, args, device)
-    res["readme"] = readme_table([res])
+    res["speed_table"] = speed_table([res])
     tag = f"-{layers}l" if layers != full else ""
     path = Path(args.output or f"runs/bench/{args.preset}{tag}-{device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,7 @@ def cuda_suite(args) -> dict:
     path = Path(args.output or "runs/bench/cuda-suite.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=str))
-    print("\nREADME table (python bench.py --cuda-suite):\n" + "\n".join(readme_table(r for r in results.values() if "stage1" in r)))
+    print("\ndocs/speed.md rows:\n" + "\n".join(speed_table(r for r in results.values() if "stage1" in r)))
     return results
 
 

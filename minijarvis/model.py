@@ -189,7 +189,7 @@ class JarvisModel(nn.Module):
                 run_jepa: bool | None = None, mask_generator: torch.Generator | None = None) -> dict:
         """One forward pass; returns ``loss``, ``ntp_loss``, the auxiliary loss and ``jepa_ran``.
 
-        ``batch`` as made by ``data.collate``. ``generator`` draws the lambda coin: seed it
+        ``batch`` as made by ``data.llava.collate``. ``generator`` draws the lambda coin: seed it
         identically on every rank so all ranks take the same branch. ``mask_generator`` draws
         the masks (default: ``generator``); train.py gives each rank its own, as the release.
         ``run_jepa`` overrides the lambda draw (True/False) for tests and tutorials.

@@ -315,7 +315,7 @@ def test_main_on_tiny_writes_json_and_prints_the_table(tmp_path, capsys):
     res = bench.main(["--steps", "2", "--warmup", "1", "--batch-size", "2", "--caption-len", "8",
                       "--chat-len", "24", "--output", str(out)])
     saved = json.loads(out.read_text())
-    assert set(saved) >= {"env", "args", "model", "stage1", "targets", "stage2", "readme"}
+    assert set(saved) >= {"env", "args", "model", "stage1", "targets", "stage2", "speed_table"}
     for key in ("device", "torch", "transformers", "date", "command"):
         assert saved["env"].get(key), f"env.{key} missing"
     rows = saved["stage1"]["methods"]
@@ -333,4 +333,4 @@ def test_main_on_tiny_writes_json_and_prints_the_table(tmp_path, capsys):
         "stage 2 holds LLM gradients' optimizer state: more static memory than stage 1"
     printed = capsys.readouterr().out
     assert "jarvis" in printed and "step time" in printed and ("PASS" in printed or "FAIL" in printed)
-    assert res["readme"][0].startswith("| LLM"), "README rows returned"
+    assert res["speed_table"][0].startswith("| LLM") and "| date | machine | command |" in res["speed_table"][0], "docs/speed.md rows returned"

@@ -1,5 +1,5 @@
 """What bench.py reports: the issue's three targets decided from a stage-1 result, the printed
-table with the JARVIS breakdown, and the README's speed/memory rows."""
+table with the JARVIS breakdown, and docs/speed.md's rows (:func:`speed_table`)."""
 from __future__ import annotations
 
 from minijarvis.bench.measure import median
@@ -57,18 +57,23 @@ def check_targets(s1: dict) -> list[dict]:
             *check_visper(s1)]
 
 
-def readme_table(results) -> list[str]:
-    """Markdown rows for the README's speed/memory table."""
-    lines = ["| LLM (random weights) | device | stage, method | batch | step (ms) | samples/s | tokens/s | peak (GiB) | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def speed_table(results) -> list[str]:
+    """Markdown rows for docs/speed.md's training-step table: every figure with its date, the
+    machine (the device bench.py ran on) and the command that measured it."""
+    lines = ["| LLM (random weights) | stage, method | batch | step (ms) | samples/s | tokens/s | peak memory "
+             "| MFU | date | machine | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        env = r["env"]
         for stage in ("stage1", "stage2"):
             s = r.get(stage) or {}
             for m, row in s.get("methods", {}).items():
                 util = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
-                lines.append(f"| {r['model']['name']} | {r['env']['device']} | {stage[-1]}, {m} | {s['batch_size']} | "
-                             f"{row['step_ms']:.0f} | {row['samples_per_s']:.2f} | {row['tokens_per_s']:.0f} | "
-                             f"{row['peak_mib'] / 1024:.2f} | {util} |")
+                peak = row["peak_mib"]
+                peak = f"{peak / 1024:.2f} GiB" if peak >= 1024 else f"{peak:.0f} MiB"
+                lines.append(f"| {r['model']['name']} | {stage[-1]}, {m} | {s['batch_size']} | {row['step_ms']:.0f} | "
+                             f"{row['samples_per_s']:.2f} | {row['tokens_per_s']:.0f} | {peak} | {util} | "
+                             f"{env['date'][:10]} | {env['device']} | `{env['command']}` |")
     return lines
 
 

@@ -167,7 +167,7 @@ def fast_random_init(seed: int = 0):
 # ----------------------------------------------------------------------------- the steps
 def synthetic_batch(model, batch_size: int, stage: str = "align", caption_len: int = 32,
                     chat_len: int = 128, fixed_length: bool = False, device="cpu", seed: int = 0) -> dict:
-    """A batch as ``data.collate`` makes it: one ``<image>`` per row, random text, right padding.
+    """A batch as ``data.llava.collate`` makes it: one ``<image>`` per row, random text, right padding.
 
     align: ``[<image>] + caption`` (the release's plain template); finetune: 8 header tokens,
     the image, a question of chat_len/4 tokens, then the answer (chat_len text tokens in all).

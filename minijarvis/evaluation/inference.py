@@ -1,6 +1,6 @@
 """Inference: greedy generation and option scoring, with the training-time attention layout.
 
-Both build the prompt with the LLM's chat template (``data.encode_prompt``) and splice the
+Both build the prompt with the LLM's chat template (``data.llava.encode_prompt``) and splice the
 image exactly as training does (``JarvisModel.prepare_inputs``), so a JARVIS model keeps its
 bidirectional visual attention at inference, as the release does.
 """
@@ -44,7 +44,7 @@ def _step_mask(x: dict, total: int, dtype) -> torch.Tensor:
 
 def _stop_ids(model) -> set[int]:
     """Token ids that end an answer: the template's end-of-turn markers and EOS
-    (``data.stop_token_ids``), plus the LLM's own generation config (Gemma's <end_of_turn>...)."""
+    (``data.llava.stop_token_ids``), plus the LLM's own generation config (Gemma's <end_of_turn>...)."""
     extra = getattr(model.llm.generation_config, "eos_token_id", None)
     extra = set(extra) if isinstance(extra, (list, tuple)) else {extra}
     return {i for i in set(stop_token_ids(model.tokenizer)) | extra if i is not None}
@@ -55,7 +55,7 @@ def generate(model, images: torch.Tensor | None, prompts: list[str],
              max_new_tokens: int = 32) -> list[str]:
     """Greedy decoding, one prompt at a time (no padding to get wrong), with a KV cache.
 
-    ``images``: float [B,3,S,S] in [0,1] at ``model.image_size`` (``data.load_image``), or
+    ``images``: float [B,3,S,S] in [0,1] at ``model.image_size`` (``data.llava.load_image``), or
     None for text-only prompts. Returns the decoded continuations without special tokens.
     """
     tok, llm = model.tokenizer, model.llm

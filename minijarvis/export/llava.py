@@ -19,8 +19,8 @@ What goes where (the architecture is LLaVA's, so nothing is approximated):
 * The tokenizer with ``<image>``, adding no special tokens by itself (minijarvis never lets it),
   and a chat template that renders LLaVA-style content lists (``{"type": "image"}`` ->
   ``"<image>\\n"``) into the checkpoint's own template, so ``apply_chat_template`` gives the ids
-  of ``data.encode_prompt``. Stage-1 (captioning) checkpoints take the plain prompt ``"<image>"``.
-* The image processor does what ``data.load_image`` does: pad to a square in F_ctx's mean
+  of ``data.llava.encode_prompt``. Stage-1 (captioning) checkpoints take the plain prompt ``"<image>"``.
+* The image processor does what ``data.llava.load_image`` does: pad to a square in F_ctx's mean
   colour (``do_pad``), or resize, or CLIP's resize + centre crop; bicubic to the input size;
   F_ctx's normalisation. ``backend="pil"`` reproduces minijarvis's pixels exactly.
 * VisPer-LM's task tokens become extra vocabulary entries ``<task_{target}_{i}>`` whose
@@ -50,7 +50,7 @@ from minijarvis.training.checkpoint import load_checkpoint
 
 EXPORTABLE_METHODS = ("jarvis", "llava", "nomask", "viral", "visper")  # inference = LLaVA's
 # Content lists (transformers' multimodal messages) -> the plain strings minijarvis's template
-# renders: an image item becomes "<image>\n" (data.encode_prompt puts it before the question),
+# renders: an image item becomes "<image>\n" (data.llava.encode_prompt puts it before the question),
 # followed by VisPer-LM's task tokens where the model has them (IMAGE is "<image>" + those).
 CONTENT_TO_TEXT = (
     "{% set _mj = namespace(messages=[]) %}{% for _m in messages %}"
@@ -108,7 +108,7 @@ def check_exportable(cfg, allow_causal: bool = False) -> None:
 
 
 def image_processor(model, aspect: str):
-    """LLaVA's image processor doing what ``data.load_image`` does at this checkpoint."""
+    """LLaVA's image processor doing what ``data.llava.load_image`` does at this checkpoint."""
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
     from transformers.image_utils import PILImageResampling
 

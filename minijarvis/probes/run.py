@@ -1,4 +1,4 @@
-"""probe.py's work around the probing core (``probing.py``): checking every input before any work,
+"""probe.py's work around the probing core (``core.py``): checking every input before any work,
 the probe images, the prompt, the target encoders, and one checkpoint's scores.
 
 Images: by default synthetic scenes (``shapes.py``) from a seed range of their own, disjoint
@@ -173,7 +173,7 @@ def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
 
 def prompt_ids(model, stage: str, plain_style: str) -> list[int]:
     """Token ids up to and including the image as the checkpoint was trained: stage 1 the plain
-    template (``data.encode_caption`` cut after ``<image>``), stage 2 a one-turn chat prompt."""
+    template (``data.llava.encode_caption`` cut after ``<image>``), stage 2 a one-turn chat prompt."""
     if stage == "align":
         ids, _ = encode_caption(model.tokenizer, "x", plain_style)
         return ids[:ids.index(model.image_token_id) + 1]
