@@ -73,3 +73,15 @@ def test_the_cli_prints_a_table_and_grades_a_folder_of_submissions(tmp_path, cap
     rows = (tmp_path / "s.csv").read_text().splitlines()
     assert rows[0].startswith("student,assignment,total,possible,") and len(rows) == 3
     assert rows[1].startswith("ada,A3,12,14,") and rows[2].startswith("bob,A3,0,14,")
+
+
+def test_every_handout_has_its_sections_and_the_course_readme_links_it():
+    course = MISTAKES.parent
+    readme = (course / "README.md").read_text()
+    for folder in adapters.FOLDERS.values():
+        text = (course / folder / "handout.md").read_text()
+        assert f"({folder}/handout.md)" in readme, f"course/README.md does not link {folder}/handout.md"
+        for section in ("**Goal.**", "**Expected time:**", "## Background", "## How it is graded", "$$"):
+            assert section in text, f"{folder}/handout.md lacks {section}"
+    for link in __import__("re").findall(r"\]\(([^)#]+)\)", readme):
+        assert (course / link).exists(), f"course/README.md links a missing file {link}"
