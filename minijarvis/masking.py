@@ -181,7 +181,6 @@ class MaskSampler:
         self.grid, self.num_targets, self.min_keep, self.faithful = tuple(grid), num_targets, min_keep, faithful
         self.target_scale, self.target_aspect = tuple(target_scale), tuple(target_aspect)
         self.context_scale, self.context_aspect = tuple(context_scale), tuple(context_aspect)
-        self._bands: dict = {}
         H, W = self.grid
         for name, sc, ar in (("target", target_scale, target_aspect), ("context", context_scale, context_aspect)):
             sizes = _attainable_sizes(sc, ar, self.grid, faithful)
@@ -240,15 +239,14 @@ class MaskSampler:
         extra = 0 if self.faithful else 1
         top = torch.randint(0, H - h + extra, shape, generator=g, device=g.device)
         left = torch.randint(0, W - w + extra, shape, generator=g, device=g.device)
-        in_rows = self._band(h, H, g.device)[top]  # [*shape, H]
-        in_cols = self._band(w, W, g.device)[left]  # [*shape, W]
-        return (in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)).flatten(-2)
+        return place_blocks(top, left, h, w, self.grid)
 
-    def _band(self, size: int, length: int, device) -> torch.Tensor:
-        """bool [length, length], row t True on [t, t + size): a block's rows (or columns) by
-        its first one. Built once per (size, length, device); a lookup per draw after that."""
-        key = (size, length, str(device))
-        if key not in self._bands:
-            pos = torch.arange(length, device=device)
-            self._bands[key] = (pos[None, :] >= pos[:, None]) & (pos[None, :] < pos[:, None] + size)
-        return self._bands[key]
+
+def place_blocks(top: torch.Tensor, left: torch.Tensor, h: int, w: int, grid: tuple[int, int]) -> torch.Tensor:
+    """bool [*S, H*W] (raster order): the h x w rectangle whose first row is ``top`` and first
+    column ``left`` (integer tensors of one shape S), cut at the grid's edge."""
+    H, W = grid
+    rows = torch.arange(H, device=top.device) - top.unsqueeze(-1)  # [*S, H]: row minus first row
+    cols = torch.arange(W, device=left.device) - left.unsqueeze(-1)
+    in_rows, in_cols = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    return (in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)).flatten(-2)

@@ -81,6 +81,19 @@ def splice_indices(input_ids: torch.Tensor, image_token_id: int, num_visual: int
     return text_index, slot_index, is_visual, image_start, has_image, length
 
 
+def insert_latent(vis: torch.Tensor, target_union: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """The slots the LLM sees: ``latent`` (z, or z + phi(i): [d] or [N, d]) where
+    ``target_union`` bool [B, N] is True, ``vis`` [B, N, d] elsewhere (context and dropped
+    slots keep their features). Out of place, in ``vis``'s dtype; z gets the gradient."""
+    return torch.where(target_union[..., None], latent.to(vis.dtype), vis)
+
+
+def jepa_coin(generator: torch.Generator | None, lam: float) -> bool:
+    """The lambda coin of a stage-1 step: True = run JEPA. One ``torch.rand(())`` draw from
+    ``generator``; JEPA is skipped (plain NTP, unmasked image) with probability ``lam``."""
+    return bool(torch.rand((), generator=generator) >= lam)
+
+
 @contextmanager
 def layer_outputs(layers: nn.ModuleList, indices):
     """Forward hooks on decoder ``layers``: yields ``{j: h_j}``, filled during the forward, with
@@ -167,6 +180,9 @@ class JarvisModel(nn.Module):
         """Freezing per parameter group (DESIGN.md §2.7): encoders never train; the LLM trains
         in stage 2 only; everything minijarvis adds (proj, z, proj_tgt) always trains."""
         self.llm.requires_grad_(self.stage == "finetune")
+        for enc in (self.context_encoder, self.target_encoder):
+            if enc is not None:
+                enc.requires_grad_(False)
         for part in (self.proj, self.proj_tgt):
             if part is not None:
                 part.requires_grad_(True)
@@ -283,8 +299,7 @@ class JarvisModel(nn.Module):
         vis = self.proj(feats.to(self.proj[0].weight.dtype))  # [B,N,d]
         jepa = self.sampler is not None and bool(has_image.all())
         if jepa and run_jepa is None:
-            draw = torch.rand((), generator=generator)
-            jepa = bool(draw >= self.cfg.jepa_lambda)  # with probability lambda: skip JEPA
+            jepa = jepa_coin(generator, self.cfg.jepa_lambda)
         elif jepa:
             jepa = bool(run_jepa)
         layout = None
@@ -292,7 +307,7 @@ class JarvisModel(nn.Module):
             masks_from = mask_generator if mask_generator is not None else generator
             layout = self.sampler(batch["input_ids"].shape[0], generator=masks_from).to(vis.device)
             latent = self.z + self.phi if self.cfg.pos_embed else self.z
-            vis = torch.where(layout.target_union[..., None], latent.to(vis.dtype), vis)
+            vis = insert_latent(vis, layout.target_union, latent)
         slots = vis
         if self.task_tokens is not None:  # VisPer-LM: the task tokens follow the image slots
             slots = torch.cat([vis, self.task_tokens().to(vis.dtype).expand(vis.shape[0], -1, -1)], 1)

@@ -108,6 +108,20 @@ class Resampler(nn.Module):
         return self.norm_out(self.proj_out(q))
 
 
+def embedding_loss(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor,
+                   contrastive: float = 0.3) -> torch.Tensor:
+    """L_{t,l} = smoothL1(P, Y).mean() + contrastive * InfoNCE(P, Y) (VISPER.md §7), float32.
+
+    pred, target [B, ...]; smooth-L1 with beta = 1 over every element; ``log_scale`` is the
+    task's learnable temperature s_t (gets a gradient through InfoNCE). B = 0 (a rank without
+    images) gives 0 connected to ``pred`` and still joins InfoNCE's gather."""
+    loss = (F.smooth_l1_loss(pred.float(), target.float(), beta=1.0) if pred.numel()
+            else pred.sum() * 0.0)
+    if contrastive:
+        loss = loss + contrastive * info_nce(pred, target, log_scale)
+    return loss
+
+
 def predictor_width(name: str, d_llm: int, d_target: int) -> int:
     """The release's widths: depth = d_llm, seg = 1536 and gen = 1024 (= their target dims)."""
     return d_llm if name == "depth" else d_target
@@ -180,12 +194,8 @@ class VisperHead(nn.Module):
                 else:
                     queries = tokens.rows[spec.name][None]
                 pred = self.predictors[f"{spec.name}_l{layer}"](h, queries.to(h.dtype), keys)
-                target = targets[spec.name]
-                loss = (F.smooth_l1_loss(pred.float(), target.float(), beta=1.0) if pred.numel()
-                        else pred.sum() * 0.0)  # a rank without images still joins the gather
-                if contrastive:
-                    loss = loss + contrastive * info_nce(pred, target, self.log_scales[spec.name])
-                out[f"visper/{spec.name}/l{layer}"] = loss
+                out[f"visper/{spec.name}/l{layer}"] = embedding_loss(
+                    pred, targets[spec.name], self.log_scales[spec.name], contrastive)
         return out
 
 

@@ -1,0 +1,6 @@
+"""``python -m course`` = ``python -m course.grade``."""
+import sys
+
+from .grade import main
+
+sys.exit(main())
