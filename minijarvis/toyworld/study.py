@@ -98,7 +98,7 @@ def run_one(method: str, seed: int, size: StudySize, out: Path, random_init: boo
     if done.exists():
         try:
             result = read_json(done, "run result")
-            if isinstance(result, dict) and {"per_task", "chance", "all", "method", "seed"} <= result.keys():
+            if isinstance(result, dict) and {"method", "seed", "all"} <= result.keys():
                 return result
             print(f"warning: {done}: not a run result; running {method} seed {seed} again", file=sys.stderr)
         except InputError as e:
