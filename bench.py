@@ -58,7 +58,7 @@ from minijarvis.bench.report import check_targets, print_report, speed_table  # 
 from minijarvis.bench.measure import (PartTimer, PeakMemory, interleaved, is_oom, largest_fitting,  # noqa: E402
                                 median, part_medians, release, tensor_bytes)
 from minijarvis.config import ATTN_IMPLS, PRESETS, MaskConfig, preset  # noqa: E402
-from minijarvis.errors import (ArgumentParser, InputError, UsageError, add_debug_flag, device as device_flag,  # noqa: E402
+from minijarvis.errors import (ArgumentParser, HelpFormatter, InputError, UsageError, add_debug_flag, device as device_flag,  # noqa: E402
                                int_at_least, nonnegative_int, positive_float, positive_int, run_main)
 from minijarvis.model import JarvisModel  # noqa: E402
 from minijarvis.training.runtime import keep_freed_memory  # noqa: E402
@@ -70,7 +70,7 @@ MIB = 2 ** 20
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="tiny", help="LLM + encoders, random weights")
     p.add_argument("--device", type=device_flag, default="auto", help="auto = cuda if available, else cpu")
     p.add_argument("--batch-size", type=positive_int, default=None, help="stage-1 batch (default: 16 on CUDA, as the release per device; CPU: 8 tiny, 1 real shape)")

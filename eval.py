@@ -41,6 +41,7 @@ from minijarvis.errors import (ArgumentParser, InputError, add_debug_flag, devic
 from minijarvis.training.runtime import set_cpu_threads
 from minijarvis.evaluation.inference import generate, score_options
 from minijarvis.training.checkpoint import load_checkpoint
+from minijarvis.training.lock import output_lock
 
 LOADERS = {"cvbench": B.load_cvbench, "mmvp": B.load_mmvp, "blink": B.load_blink,
            "realworldqa": B.load_realworldqa}
@@ -250,27 +251,28 @@ def main(argv=None) -> dict:
     """Run the CLI; returns the JSON result (also written to --output-dir)."""
     args = parse_args(argv)
     check_inputs(args)
-    # A missing image without --skip-missing raises BadRecord, an InputError: one line (run_main).
-    items, skipped = load_items(args)
-    if not items:
-        raise InputError(f"{args.bench_dir or args.bench}: no usable items ({len(skipped)} rows skipped"
-                         + (f", e.g. {skipped[0][0]!r}: {skipped[0][1]})" if skipped else ")"))
-    runs = []
-    for ckpt, label in zip(args.checkpoint, _labels(args.checkpoint)):
-        t0 = time.time()
-        model = load_checkpoint(ckpt).to(args.device).eval()
-        if isinstance(model, torch.nn.Module):  # (tests pass stand-ins)
-            set_cpu_threads(model, torch.device(args.device))
-        records, bad_images = evaluate(model, items, args, label)
-        runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
-                         summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))
-        del model  # one model in memory at a time
-    if skipped:
-        print(f"skipped {len(skipped)} rows while loading, e.g. {skipped[0][0]!r}: {skipped[0][1]}")
-    print_table(TITLES[args.bench], method_name(args), runs)
-    paths = write_outputs(Path(args.output_dir), args, runs, skipped, len(items))
-    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
-    return json.loads(paths[".json"].read_text())
+    with output_lock(Path(args.output_dir)):  # one writer per output folder (minijarvis/training/lock.py)
+        # A missing image without --skip-missing raises BadRecord, an InputError: one line (run_main).
+        items, skipped = load_items(args)
+        if not items:
+            raise InputError(f"{args.bench_dir or args.bench}: no usable items ({len(skipped)} rows skipped"
+                             + (f", e.g. {skipped[0][0]!r}: {skipped[0][1]})" if skipped else ")"))
+        runs = []
+        for ckpt, label in zip(args.checkpoint, _labels(args.checkpoint)):
+            t0 = time.time()
+            model = load_checkpoint(ckpt).to(args.device).eval()
+            if isinstance(model, torch.nn.Module):  # (tests pass stand-ins)
+                set_cpu_threads(model, torch.device(args.device))
+            records, bad_images = evaluate(model, items, args, label)
+            runs.append(dict(label=label, path=str(ckpt), records=records, seconds=round(time.time() - t0, 2),
+                             summary=B.summarize(args.bench, records), skipped=[list(s) for s in bad_images]))
+            del model  # one model in memory at a time
+        if skipped:
+            print(f"skipped {len(skipped)} rows while loading, e.g. {skipped[0][0]!r}: {skipped[0][1]}")
+        print_table(TITLES[args.bench], method_name(args), runs)
+        paths = write_outputs(Path(args.output_dir), args, runs, skipped, len(items))
+        print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+        return json.loads(paths[".json"].read_text())
 
 
 if __name__ == "__main__":

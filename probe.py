@@ -32,6 +32,7 @@ import torch
 from minijarvis.probes import report as probe_report
 from minijarvis.probes import run as R
 from minijarvis.errors import UsageError, add_debug_flag, nonnegative_int, positive_float, positive_int, run_main
+from minijarvis.training.lock import output_lock
 from minijarvis.probes.core import PROBES
 
 
@@ -83,33 +84,34 @@ def _labels(dirs: list[str]) -> list[str]:
 def main(argv=None) -> dict:
     """Run the CLI; returns what probe.json holds."""
     args = parse_args(argv)
-    # Everything is checked before any work: checkpoints, targets, layers, images.
-    infos = [R.checkpoint_info(d, label) for d, label in zip(args.checkpoint, _labels(args.checkpoint))]
-    targets = R.parse_targets(args.target)
-    layers = R.parse_layers(args.layers, infos)
-    targets = [(name, spec, *R.stored_target(spec, infos)) for name, spec in targets]
-    if args.images:
-        Path(args.images).stat()  # a missing path: one line, before any work
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
-    t0 = time.time()
-    items = R.probe_images(args.images, args.image_folder, args.limit, args.seed)
-    n_train, n_test = R.split_sizes(len(items), args.test_fraction)
-    runs = [R.probe_checkpoint(info, layers[info.path], targets, items, n_train, args) for info in infos]
-    settings = dict(probe=args.probe, steps=args.steps, lr=args.lr, probe_width=args.probe_width,
-                    batch_size=args.batch_size, seed=args.seed, bootstrap=args.bootstrap, bf16=args.bf16,
-                    images=args.images or "synthetic scenes", n_train=n_train, n_test=n_test,
-                    targets=args.target, seconds=round(time.time() - t0, 1), command=" ".join(sys.argv))
-    paths = probe_report.write_outputs(Path(args.output_dir), runs, settings)
-    for run in runs:
-        best = {}
-        for r in run["rows"]:
-            if r["metric"] == "flat" and r["mean"] > best.get(r["target"], (None, -2))[1]:
-                best[r["target"]] = (r["layer"], r["mean"])
-        print(f"{run['label']}: best layer " + ", ".join(f"{t} {l} ({m:.3f})" for t, (l, m) in best.items())
-              + f"; {run['seconds']['total']} s")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return dict(settings=settings, checkpoints=runs)
+    with output_lock(Path(args.output_dir)):  # one writer per output folder (minijarvis/training/lock.py)
+        # Everything is checked before any work: checkpoints, targets, layers, images.
+        infos = [R.checkpoint_info(d, label) for d, label in zip(args.checkpoint, _labels(args.checkpoint))]
+        targets = R.parse_targets(args.target)
+        layers = R.parse_layers(args.layers, infos)
+        targets = [(name, spec, *R.stored_target(spec, infos)) for name, spec in targets]
+        if args.images:
+            Path(args.images).stat()  # a missing path: one line, before any work
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
+        t0 = time.time()
+        items = R.probe_images(args.images, args.image_folder, args.limit, args.seed)
+        n_train, n_test = R.split_sizes(len(items), args.test_fraction)
+        runs = [R.probe_checkpoint(info, layers[info.path], targets, items, n_train, args) for info in infos]
+        settings = dict(probe=args.probe, steps=args.steps, lr=args.lr, probe_width=args.probe_width,
+                        batch_size=args.batch_size, seed=args.seed, bootstrap=args.bootstrap, bf16=args.bf16,
+                        images=args.images or "synthetic scenes", n_train=n_train, n_test=n_test,
+                        targets=args.target, seconds=round(time.time() - t0, 1), command=" ".join(sys.argv))
+        paths = probe_report.write_outputs(Path(args.output_dir), runs, settings)
+        for run in runs:
+            best = {}
+            for r in run["rows"]:
+                if r["metric"] == "flat" and r["mean"] > best.get(r["target"], (None, -2))[1]:
+                    best[r["target"]] = (r["layer"], r["mean"])
+            print(f"{run['label']}: best layer " + ", ".join(f"{t} {l} ({m:.3f})" for t, (l, m) in best.items())
+                  + f"; {run['seconds']['total']} s")
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return dict(settings=settings, checkpoints=runs)
 
 
 if __name__ == "__main__":

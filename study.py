@@ -27,7 +27,9 @@ import torch
 
 from minijarvis.toyworld import study as S
 from minijarvis.config import METHODS
-from minijarvis.errors import UsageError, add_debug_flag, nonnegative_int, positive_int, run_main
+from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_int, positive_int, read_json,
+                               run_main)
+from minijarvis.training.lock import output_lock
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,33 +66,36 @@ def main(argv=None) -> int:
         raise UsageError(f"--synthetic-size {size.synthetic_size} must be >= --batch-size {size.batch_size}")
     methods = list(dict.fromkeys(args.methods))
     settings = dict(methods=methods, seeds=args.seeds, size=dataclasses.asdict(size), random_init=args.random_init)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "settings.json"
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        if (old["size"], old["random_init"]) != (settings["size"], settings["random_init"]):
-            raise UsageError(f"{out} holds runs of other sizes ({old['size']}); "
-                             "use another --output-dir or the same sizes")
-    saved.write_text(json.dumps(settings, indent=1))
-    torch.set_num_threads(1)  # tiny models: one thread each (see runtime.set_cpu_threads)
-    start, results = time.perf_counter(), []
-    for seed in range(args.seeds):  # seed-major: an interrupted study has every method's early seeds
-        for method in methods:
-            t0 = time.perf_counter()
-            was_done = (out / f"{method}-seed{seed}" / S.DONE).exists()
-            results.append(S.run_one(method, seed, size, out, args.random_init))
-            print(f"[study] {method} seed {seed}: " + ("already done" if was_done else
-                  f"{time.perf_counter() - t0:.0f} s") + f"; all {results[-1]['all']:.3f}", flush=True)
-    stats = S.aggregate(results, methods)
-    settings["seconds"] = round(time.perf_counter() - start, 1)
-    settings["command"] = "python study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    paths = S.write_outputs(out, stats, results, settings)
-    print("\nShapesBench accuracy (%), mean ± 95% t-interval over seeds; rows 'x − llava': paired "
-          "differences in points\n")
-    print(S.markdown_table(stats))
-    print("\n".join(S.verdicts(stats)))
-    print(f"\n{len(results)} runs in {settings['seconds']:.0f} s; wrote " + ", ".join(map(str, paths.values())))
-    return 0
+    with output_lock(out):  # one study per folder (minijarvis/training/lock.py)
+        saved = out / "settings.json"
+        if saved.exists():
+            old = read_json(saved, "study settings")
+            if not (isinstance(old, dict) and {"size", "random_init"} <= old.keys()):
+                raise InputError(f"{saved}: damaged study settings (no size or random_init); restore it, "
+                                 "or use another --output-dir")
+            if (old["size"], old["random_init"]) != (settings["size"], settings["random_init"]):
+                raise UsageError(f"{out} holds runs of other sizes ({old['size']}); "
+                                 "use another --output-dir or the same sizes")
+        saved.write_text(json.dumps(settings, indent=1))
+        torch.set_num_threads(1)  # tiny models: one thread each (see runtime.set_cpu_threads)
+        start, results = time.perf_counter(), []
+        for seed in range(args.seeds):  # seed-major: an interrupted study has every method's early seeds
+            for method in methods:
+                t0 = time.perf_counter()
+                was_done = (out / f"{method}-seed{seed}" / S.DONE).exists()
+                results.append(S.run_one(method, seed, size, out, args.random_init))
+                print(f"[study] {method} seed {seed}: " + ("already done" if was_done else
+                      f"{time.perf_counter() - t0:.0f} s") + f"; all {results[-1]['all']:.3f}", flush=True)
+        stats = S.aggregate(results, methods)
+        settings["seconds"] = round(time.perf_counter() - start, 1)
+        settings["command"] = "python study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        paths = S.write_outputs(out, stats, results, settings)
+        print("\nShapesBench accuracy (%), mean ± 95% t-interval over seeds; rows 'x − llava': paired "
+              "differences in points\n")
+        print(S.markdown_table(stats))
+        print("\n".join(S.verdicts(stats)))
+        print(f"\n{len(results)} runs in {settings['seconds']:.0f} s; wrote " + ", ".join(map(str, paths.values())))
+        return 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 from minijarvis.training import runtime
 from minijarvis.training import trackers
-from minijarvis.training.cli import build_run, parse_args
+from minijarvis.training.cli import build_run, output_dir, parse_args
+from minijarvis.training.lock import output_lock
 from minijarvis.data.llava import format_skips
 from minijarvis.errors import InputError, UsageError, run_main
 from minijarvis.training.runtime import print0
@@ -279,6 +280,7 @@ class Trainer:
     def resume(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         optim_state, progress = runtime.load_trainer_state(self.ckpt_dir, self._generators())
+        runtime.check_progress(progress, self.ckpt_dir)
         self._check_plan(progress)
         set_optimizer_state_dict(self.model, self.optimizer, optim_state,
                                  options=StateDictOptions(full_state_dict=True))
@@ -334,6 +336,15 @@ def main(argv=None, on_step=None) -> int:
     args = parse_args(argv)
     trackers.require(args.report_to)  # a missing package fails now, not after loading a model
     info = runtime.dist_info()
+    output = output_dir(args)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: a file, not a folder (--output-dir)")
+    # One run per output folder (rank 0 writes it): taken before a leftover checkpoint is touched.
+    with output_lock(output) if info.rank == 0 else nullcontext():
+        return _train(args, info, on_step)
+
+
+def _train(args, info, on_step) -> int:
     run = build_run(args, info)  # model, data, configs, output dir (see minijarvis/training/cli.py)
     trainer = Trainer(run.model, run.dataset, run.collate, run.train_cfg, info, run.output)
     if args.resume:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, read_json
 
 METHODS = ("jarvis", "llava", "nomask", "viral", "visper")
 STAGES = ("align", "finetune")
@@ -300,15 +300,14 @@ _CLASSES = {"model": ModelConfig, "mask": MaskConfig, "train": TrainConfig}
 
 def load_config(path: str | Path) -> dict:
     """Read a config.json: "model", "mask", "train" as dataclasses, other entries as they are.
-    A file that is not such a config raises :class:`~minijarvis.errors.InputError` naming it."""
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
+    A file that is not such a config, or holds a value its field cannot take (a wrong type, a
+    method or stage that does not exist, ...), raises :class:`~minijarvis.errors.InputError`
+    naming the file and the value."""
+    raw = read_json(path, "config")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: not a minijarvis config (a JSON object with model, mask, train)")
+    if "stage" in raw and raw["stage"] not in STAGES:
+        raise InputError(f"{path}: stage must be one of {', '.join(STAGES)}; got {raw['stage']!r}")
     out = {}
     for key, values in raw.items():
         if key not in _CLASSES:
@@ -324,8 +323,28 @@ def load_config(path: str | Path) -> dict:
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         if key == "model":
             kwargs = _toy_paths(kwargs, TOY_TAG, str(TOY_ASSETS))
-        out[key] = cls(**kwargs)
+        try:
+            _check_types(cls, kwargs)
+            out[key] = cls(**kwargs)
+            if hasattr(out[key], "validate"):
+                out[key].validate()
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{path}: {key}: {e}") from None
     return out
+
+
+def _check_types(cls, values: dict) -> None:
+    """TypeError naming the first field whose value has another type than its default's (fields
+    whose default is None take anything; an int is a float)."""
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name not in values or default is None or default is dataclasses.MISSING:
+            continue
+        value, kind = values[f.name], type(default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        if not ok:
+            raise TypeError(f"{f.name} must be a {kind.__name__}, got {value!r}")
 
 
 # A checkpoint names the toy parts relative to the installed package, so it loads wherever the

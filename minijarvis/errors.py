@@ -7,6 +7,10 @@
   user can fix is an :class:`InputError` (exit status 1): one line naming the file and the
   problem. Raise it (or :class:`UsageError` for a combination of flags that argparse cannot
   check) anywhere below ``main``; :func:`run_main` turns it into that line.
+* An operating-system error (a read-only file system, a full disk, a folder that is not
+  empty, ...) is exit status 1 too, one line naming the path (:func:`os_error_line`).
+* A file a run reads back (a checkpoint's config, trainer state, a log) goes through
+  :func:`read_json`, whose damage is an InputError naming the file.
 * ``--debug`` (every entry point has it; :func:`add_debug_flag`) shows the traceback instead.
 
 Use in an entry point: build the parser with :class:`ArgumentParser` (argparse's, whose own
@@ -18,8 +22,10 @@ errors are one line too), give every flag a type below or ``choices``, and end w
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -32,6 +38,17 @@ class InputError(Exception):
     """A file or value the run cannot use (exit status 1). The message names the file."""
 
     exit_code = 1
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each flag's help, unless the help text already states its
+    default or there is none worth showing (None, False, "")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -48,14 +65,35 @@ def brief(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def os_error_line(error: OSError) -> str:
+    """An OSError as ``path: reason`` (``path -> other: reason`` for a rename), or its message
+    when it names no path."""
+    if error.filename is None:
+        return brief(error)
+    where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{where}: {error.strerror or brief(error)}"
+
+
+def read_json(path, what: str = "file"):
+    """The JSON value in ``path``; :class:`InputError` naming the file when it is not UTF-8 JSON
+    (a damaged or truncated file). A missing file raises FileNotFoundError (one line too)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: damaged {what}, not valid JSON ({e.msg} at line {e.lineno} "
+                         f"column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: damaged {what}, not UTF-8 text") from None
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the full Python traceback on errors")
 
 
 def run_main(main, prog: str, argv: list[str] | None = None) -> int:
-    """Call ``main(argv)``; turn a UsageError / InputError / known file error into one line on
-    stderr and its exit status, unless ``--debug`` is among the arguments. Returns the exit
+    """Call ``main(argv)``; turn a UsageError / InputError / OSError into one line on stderr and
+    its exit status, unless ``--debug`` is among the arguments. Returns the exit
     status (``main``'s own if it returns an int, else 0); argparse's exits become theirs."""
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -66,8 +104,8 @@ def run_main(main, prog: str, argv: list[str] | None = None) -> int:
         error, line, code = e, f"error: {e.code}", 1
     except (UsageError, InputError) as e:
         error, line, code = e, f"error: {e}", e.exit_code
-    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        error, line, code = e, f"error: {e}", 1
+    except OSError as e:  # any operating-system error: read-only, disk full, not empty, ...
+        error, line, code = e, f"error: {os_error_line(e)}", 1
     except KeyboardInterrupt as e:
         error, line, code = e, "interrupted", 130
     else:

@@ -59,7 +59,7 @@ def _minijarvis_view(mj, image, question, aspect):
 def assert_export_matches(tmp_path, checkpoint, aspect="pad", image=None, tokens=8, allow_causal=False):
     """Export, load offline with the Auto classes, compare with minijarvis end to end (with
     ``allow_causal``: with minijarvis run causally, which is what the export promises)."""
-    out, mj = E.export(checkpoint, tmp_path / "hf", allow_causal)
+    out, mj = E.export(checkpoint, tmp_path / "hf", allow_causal, overwrite=True)  # may re-export
     mj.bidirectional_visual = False if allow_causal else mj.bidirectional_visual
     hf = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(out, local_files_only=True, backend="pil")

@@ -106,6 +106,24 @@ def resize_and_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+MAX_ASPECT = 50  # long side / short side; LLaVA's data has panoramas and banners up to ~20:1
+
+
+def fit_problem(width: int, height: int, size: int, aspect: str) -> str:
+    """Why fitting a ``width x height`` image costs too much, or "" if it does not: an aspect
+    ratio above MAX_ASPECT, or more pixels made by the resize / padding than PIL's own
+    decompression-bomb limit (a 1 x 50,000 PNG of 281 bytes passes that limit, but its crop
+    resize would be 192 x 9,600,000)."""
+    short, long = min(width, height), max(width, height)
+    if short < 1 or long / short > MAX_ASPECT:
+        return f"image {width}x{height}: aspect ratio {long}:{short} is beyond {MAX_ASPECT}:1"
+    made = {"crop": size * int(size * long / short), "pad": long * long, "resize": size * size}[aspect]
+    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
+    if made > limit:
+        return f"image {width}x{height}: fitting it ({aspect}) makes {made:,} pixels, over {limit:,}"
+    return ""
+
+
 def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
     """Path or PIL image -> float [3, size, size] in [0, 1] (uint8 / 255, as the processor's
     rescale; each encoder applies its own mean/std).
@@ -113,21 +131,28 @@ def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -
     ``aspect="crop"``: :func:`resize_and_center_crop` (CLIP's processor; the release's stage 1);
     ``"pad"``: :func:`expand2square` in the encoder's mean colour ``int(m * 255)``, then bicubic
     resize (LLaVA's stage 2); ``"resize"``: bicubic resize straight to size x size (distorts).
-    A missing or undecodable file raises :class:`BadRecord` (id = ``record_id`` or the path).
+    A missing or undecodable file, or one too costly to fit (:func:`fit_problem`), raises
+    :class:`BadRecord` (id = ``record_id`` or the path).
     """
     if aspect not in IMAGE_ASPECTS:
         raise ValueError(f"aspect must be one of {', '.join(IMAGE_ASPECTS)}; got {aspect!r}")
     background = tuple(int(m * 255) for m in mean)
     rid = record_id or str(src)
     if isinstance(src, Image.Image):
+        if fit_problem(*src.size, size, aspect):
+            raise BadRecord(rid, fit_problem(*src.size, size, aspect))
         rgb = _to_rgb(src, background)
     else:
         try:
             with Image.open(src) as f:
+                if fit_problem(*f.size, size, aspect):  # from the header: before decoding
+                    raise BadRecord(rid, fit_problem(*f.size, size, aspect))
                 f.load()  # decode now: truncated/corrupt files fail here, not later
                 rgb = _to_rgb(f, background)
         except FileNotFoundError:
             raise BadRecord(rid, f"image file not found: {src}") from None
+        except BadRecord:
+            raise
         except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
             raise BadRecord(rid, f"cannot decode image {src}: {type(e).__name__}: {e}") from None
     if aspect == "crop":
@@ -203,6 +228,8 @@ def _prepare(record, rid: str, stage: str, folder: str):
         caption = next((t["value"] for t in turns if t["from"] == "gpt"), "")
         if not caption.strip():
             raise BadRecord(rid, "empty caption")
+        if IMAGE_TOKEN in caption:
+            raise BadRecord(rid, f"the caption holds {IMAGE_TOKEN}; the image goes before it, not in it")
         return caption, path
     if turns[0]["from"] == "gpt":
         turns = turns[1:]
@@ -213,6 +240,8 @@ def _prepare(record, rid: str, stage: str, folder: str):
     for j, t in enumerate(turns):
         if t["from"] == "gpt" and not t["value"].strip():
             raise BadRecord(rid, f"empty assistant text in turn {j}")
+        if t["from"] == "gpt" and IMAGE_TOKEN in t["value"]:  # moving it would change the answer
+            raise BadRecord(rid, f"{IMAGE_TOKEN} in assistant turn {j}; it belongs in a human turn")
     turns = [dict(t) for t in turns]
     if path is not None:
         k = next((j for j, t in enumerate(turns) if IMAGE_TOKEN in t["value"]), 0)
@@ -285,10 +314,13 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def _load(self, record, rid: str) -> dict:
         payload, path = _prepare(record, rid, self.stage, self.image_folder)
-        if self.stage == "align":
-            ids, labels = encode_caption(self.tokenizer, payload, self.plain_style)
-        else:
-            ids, labels = encode_conversation(self.tokenizer, payload)
+        try:  # _prepare's checks should leave nothing for these to refuse; if not: a bad record
+            if self.stage == "align":
+                ids, labels = encode_caption(self.tokenizer, payload, self.plain_style)
+            else:
+                ids, labels = encode_conversation(self.tokenizer, payload)
+        except ValueError as e:
+            raise BadRecord(rid, str(e)) from None
         try:
             ids, labels = truncate_spliced(ids, labels, self.max_length, self.num_visual,
                                            self.image_id)

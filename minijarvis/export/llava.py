@@ -36,15 +36,16 @@ tests/test_export.py checks equal ids, pixels, logits and greedy tokens.
 """
 from __future__ import annotations
 
-import argparse
 import copy
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from minijarvis.export import hf_vision
-from minijarvis.errors import InputError, UsageError, add_debug_flag, positive_int
+from minijarvis.errors import ArgumentParser, HelpFormatter, InputError, UsageError, add_debug_flag, positive_int
 from minijarvis.evaluation.inference import score_options
 from minijarvis.training.checkpoint import load_checkpoint
 
@@ -169,17 +170,28 @@ def llava_state_dict(model, vocab: int, task_ids: list[int] = ()) -> dict[str, t
     return state
 
 
-def export(checkpoint, out, allow_causal: bool = False):
+def check_out(out: Path, overwrite: bool) -> None:
+    """``--out`` must be new or an empty folder (the export would mix with, or replace, what is
+    there); with ``overwrite`` a folder is replaced as a whole. InputError otherwise."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: a file, not a folder (--out)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out}: not empty; the export would mix with what is there. Choose a new "
+                         "--out, or pass --overwrite to replace the folder and all it holds")
+
+
+def export(checkpoint, out, allow_causal: bool = False, overwrite: bool = False):
     """Write ``out`` (model, config, processor, generation config) from a minijarvis checkpoint;
-    returns (out, the loaded minijarvis model)."""
+    returns (out, the loaded minijarvis model). Written next to ``out``, then moved into place:
+    an interrupted export leaves no half model (:func:`check_out` for an existing ``out``)."""
     from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from minijarvis.training.checkpoint import CONFIG
-    from minijarvis.config import load_config
+    from minijarvis.training.checkpoint import check_checkpoint_dir, checkpoint_configs
     from minijarvis.evaluation.inference import _stop_ids
 
     checkpoint, out = Path(checkpoint), Path(out)
-    check_exportable(load_config(checkpoint / CONFIG)["model"], allow_causal)
+    check_out(out, overwrite)
+    check_exportable(checkpoint_configs(check_checkpoint_dir(checkpoint))["model"], allow_causal)
     model = load_checkpoint(checkpoint).eval()
     tok = exported_tokenizer(model)
     text_config = copy.deepcopy(model.llm.config)
@@ -213,12 +225,22 @@ def export(checkpoint, out, allow_causal: bool = False):
     if suppress:
         generation.suppress_tokens = suppress
     hf.generation_config = GenerationConfig.from_dict(generation.to_dict())
-    hf.save_pretrained(out)
+    staging = out.with_name(f"{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    hf.save_pretrained(staging)
     processor = LlavaProcessor(image_processor=image_processor(model, image_aspect(model.cfg, model.stage)),
                                tokenizer=tok, patch_size=config.vision_config.patch_size,
                                vision_feature_select_strategy=config.vision_feature_select_strategy,
                                chat_template=tok.chat_template, num_additional_image_tokens=int(clip))
-    processor.save_pretrained(out)
+    processor.save_pretrained(staging)
+    check_out(out, overwrite)  # again: another process may have written there meanwhile
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    replaced = out.with_name(f"{out.name}.replaced-{os.getpid()}")
+    if out.exists():  # --overwrite
+        os.rename(out, replaced)
+    os.rename(staging, out)
+    shutil.rmtree(replaced, ignore_errors=True)
     return out, model
 
 
@@ -252,15 +274,17 @@ def causal_change(model, n_per_task: int = 8) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minijarvis.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m minijarvis.export", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a minijarvis output directory (stage 2: runs/X-finetune)")
     p.add_argument("--out", required=True, help="directory to write the transformers LLaVA model to")
     p.add_argument("--allow-causal", action="store_true", help="export a model trained with bidirectional visual attention; LLaVA runs it causally (the change is measured and printed)")
     p.add_argument("--measure-items", type=positive_int, default=8, help="ShapesBench items per task for that measurement")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a non-empty folder (all it holds is deleted)")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    out, model = export(args.checkpoint, args.out, args.allow_causal)
+    check_out(Path(args.out), args.overwrite)  # before the model loads
+    out, model = export(args.checkpoint, args.out, args.allow_causal, args.overwrite)
     print(f"wrote {out}: load it with transformers.AutoModelForImageTextToText / AutoProcessor")
     if model.bidirectional_visual:
         m = causal_change(model, args.measure_items)

@@ -9,14 +9,14 @@ import time
 import torch
 
 from minijarvis.config import TOY_ASSETS
-from minijarvis.errors import add_debug_flag, nonnegative_int, positive_int, run_main
+from minijarvis.errors import HelpFormatter, add_debug_flag, nonnegative_int, positive_int, run_main
 from minijarvis.toyworld.build import SIZES, build
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minijarvis.toyworld",
                                 description="Train the toy world's pretrained parts (seeded, offline).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("command", choices=("build",), help="what to do")
     p.add_argument("--out", default=str(TOY_ASSETS), help="output folder (the default is what the tiny preset loads)")
     p.add_argument("--size", choices=tuple(SIZES), default="full", help="small: seconds, for tests; full: the shipped parts")

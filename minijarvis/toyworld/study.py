@@ -19,10 +19,12 @@ import importlib.util
 import json
 import math
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minijarvis.data.shapes import write_llava_folder
+from minijarvis.errors import InputError, read_json
 from minijarvis.evaluation.shapesbench import TASKS, bench_item
 
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -94,7 +96,13 @@ def run_one(method: str, seed: int, size: StudySize, out: Path, random_init: boo
     run = out / f"{method}-seed{seed}"
     done = run / DONE
     if done.exists():
-        return json.loads(done.read_text())
+        try:
+            result = read_json(done, "run result")
+            if isinstance(result, dict) and {"method", "seed", "all"} <= result.keys():
+                return result
+            print(f"warning: {done}: not a run result; running {method} seed {seed} again", file=sys.stderr)
+        except InputError as e:
+            print(f"warning: {e}; running {method} seed {seed} again", file=sys.stderr)
     if run.exists():
         shutil.rmtree(run)  # an unfinished run starts again from scratch
     common = ["--seed", str(seed), "--batch-size", str(size.batch_size)]

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from minijarvis.config import ModelConfig, load_config, save_config
 from minijarvis.errors import InputError, brief
 from minijarvis.llm import load_tokenizer
 from minijarvis.model import JarvisModel
+from minijarvis.training.runtime import save_tensors
 from minijarvis.visper import parse_targets
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
@@ -62,7 +63,7 @@ def save_checkpoint(model, directory, state: dict | None = None, **configs) -> P
     state = model.state_dict() if state is None else state
     tensors = _selected(state, saved_prefixes(model.cfg, model.stage))
     tmp = directory / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "stage": model.stage})
+    save_tensors(tensors, tmp, metadata={"format": "pt", "stage": model.stage})
     tmp.replace(directory / WEIGHTS)
     model.tokenizer.save_pretrained(str(directory / TOKENIZER))
     save_config(directory / CONFIG, model=model.cfg, mask=model.mask_cfg, stage=model.stage,
@@ -83,22 +84,34 @@ def check_checkpoint_dir(directory) -> Path:
     return directory
 
 
+def checkpoint_configs(directory) -> dict:
+    """The configs of a checkpoint folder (``load_config``), with its "model" entry required:
+    InputError naming config.json otherwise."""
+    configs = load_config(Path(directory) / CONFIG)
+    if "model" not in configs:
+        raise InputError(f"{Path(directory) / CONFIG}: no \"model\" entry; not a minijarvis checkpoint config")
+    return configs
+
+
 def load_checkpoint(directory, stage: str | None = None, **overrides) -> JarvisModel:
     """Rebuild a model from ``directory``; ``stage="finetune"`` on a stage-1 checkpoint starts
     stage 2: JARVIS's z, proj_tgt and target encoder are dropped (VIRAL builds fresh ones).
     ``overrides`` replace ModelConfig fields (e.g. ``method="viral"`` for stage 2)."""
 
     directory = check_checkpoint_dir(directory)
-    configs = load_config(directory / CONFIG)
-    if "model" not in configs:
-        raise InputError(f"{directory / CONFIG}: no \"model\" entry; not a minijarvis checkpoint config")
+    configs = checkpoint_configs(directory)
     saved_stage = configs.get("stage", "align")
     cfg = dataclasses.replace(configs["model"], **overrides)
     try:
         tokenizer = load_tokenizer(str(directory / TOKENIZER))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  a damaged file: tokenizers raises bare Exceptions too
         raise InputError(f"{directory / TOKENIZER}: cannot load the tokenizer ({brief(e)})") from e
-    model = JarvisModel(cfg, configs.get("mask"), stage or saved_stage, tokenizer=tokenizer)
+    try:
+        model = JarvisModel(cfg, configs.get("mask"), stage or saved_stage, tokenizer=tokenizer)
+    except ValueError as e:  # settings that each pass their own check but not together
+        if overrides:  # a flag of this run (--method viral, ...) may be what does not fit
+            raise
+        raise InputError(f"{directory / CONFIG}: these settings do not build a model ({brief(e)})") from e
     try:
         state = load_file(str(directory / WEIGHTS))
     except Exception as e:  # safetensors raises its own error type for a damaged file

@@ -20,7 +20,7 @@ from minijarvis.config import (CONTEXT_LAYERS, ENCODERS, IMAGE_ASPECTS, LLAVA_ST
                      PRESETS, STAGES, TOY_CAPTION_ENCODER, TOY_EXPERT, TRACKERS, MaskConfig,
                      TrainConfig, is_toy, preset)
 from minijarvis.data.llava import LlavaDataset, make_collate, read_llava_json
-from minijarvis.errors import (ArgumentParser, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
+from minijarvis.errors import (ArgumentParser, HelpFormatter, InputError, UsageError, add_debug_flag, brief, fraction, int_at_least,
                      nonnegative_float, nonnegative_int, positive_float, positive_int,
                      positive_int_or, probability)
 from minijarvis.model import JarvisModel
@@ -65,7 +65,7 @@ def _given(parser: argparse.ArgumentParser, argv) -> frozenset[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(prog="train.py", description="Train minijarvis (JARVIS / VisPer-LM / LLaVA, two stages).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     a = p.add_argument_group("what to train")
     a.add_argument("--stage", choices=STAGES, default="align", help="align = stage 1 (captions), finetune = stage 2 (instructions)")
     a.add_argument("--method", choices=METHODS, default=None, help="row of the paper's table (default: jarvis, or the --init checkpoint's)")
@@ -258,7 +258,8 @@ def _read_data(data: str, image_folder: str) -> list | None:
     return read_llava_json(data) if data else None
 
 
-def _default_output(args) -> Path:
+def output_dir(args) -> Path:
+    """--output-dir, or the default runs/<preset>-<method>-<stage> (stage 2: <init's name>-finetune)."""
     if args.output_dir:
         return Path(args.output_dir)
     name = Path(args.llm).name if args.llm else args.preset
@@ -269,9 +270,7 @@ def _default_output(args) -> Path:
 
 
 def build_run(args, info: DistInfo) -> Run:
-    output = _default_output(args)
-    if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: a file, not a folder (--output-dir)")
+    output = output_dir(args)  # train.main checked it and holds its lock (training/lock.py)
     check_inputs(args)
     tcfg = None
     if args.resume:
@@ -287,7 +286,10 @@ def build_run(args, info: DistInfo) -> Run:
     if args.resume:
         model = load_checkpoint(ckpt)
     elif args.stage == "finetune" and args.init:
-        model = load_checkpoint(args.init, stage="finetune", **_model_overrides(args))
+        try:
+            model = load_checkpoint(args.init, stage="finetune", **_model_overrides(args))
+        except ValueError as e:  # a flag this checkpoint's model cannot take
+            raise UsageError(brief(e)) from e
         real = model.cfg.llm_pretrained and not is_toy(model.cfg)  # toy LLM: tiny defaults
         tcfg = new_train_config(args, real, info.world_size, output)
     else:

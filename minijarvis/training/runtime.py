@@ -6,7 +6,8 @@
 * :func:`cosine_lr`: LLaVA's cosine schedule with linear warm-up, as a pure function.
 * :func:`save_trainer_state` / :func:`load_trainer_state`: optimizer, scheduler, step, data
   position and every RNG, as safetensors + JSON (no pickle), so a resumed run is exact.
-* :func:`write_dir_atomically`: a checkpoint directory appears whole or not at all.
+* :func:`write_dir_atomically` / :func:`recover_checkpoint`: a checkpoint directory appears
+  whole or not at all, and what a crash at any point of the write leaves is cleaned up.
 * :func:`plot_log`: the loss curves of a JSONL log as a PNG.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from minijarvis.errors import InputError, brief, read_json
 
 
 @dataclass(frozen=True)
@@ -147,49 +150,108 @@ def save_trainer_state(directory: Path, optimizer_state: dict, progress: dict,
                 tensors[f"optim/{pid}/{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars[f"{pid}/{key}"] = value
-    save_file(tensors, str(directory / "trainer.safetensors"))
+    save_tensors(tensors, directory / "trainer.safetensors")
     payload = {"progress": progress, "rng": meta, "optim_scalars": scalars,
                "param_groups": optimizer_state["param_groups"]}
     (directory / "trainer.json").write_text(json.dumps(payload, indent=1))
 
 
+def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, whose own error type (a full disk, ...) becomes an InputError
+    naming ``path``."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001  safetensors.SafetensorError wraps the OS's error
+        raise InputError(f"{path}: cannot write the tensors ({brief(e)})") from e
+
+
+def check_progress(progress: dict, directory: Path) -> dict:
+    """``progress`` if it holds what train.py saves (step, total, skipped, one [epoch, batch]
+    per rank), else an InputError naming ``directory``'s trainer.json."""
+    bad = next((f"progress {k} must be an integer >= 0, got {progress.get(k)!r}" for k in ("step", "total", "skipped")
+                if not isinstance(progress.get(k), int) or progress[k] < 0), "")
+    positions = progress.get("positions")
+    if not bad and not (isinstance(positions, list) and positions and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p)
+            for p in positions)):
+        bad = f"progress positions must be one [epoch, batch] per rank, got {positions!r}"
+    if bad:
+        raise InputError(f"{Path(directory) / 'trainer.json'}: damaged trainer state ({bad})")
+    return progress
+
+
 def load_trainer_state(directory: Path, generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
-    """Inverse of :func:`save_trainer_state`: returns (optimizer_state, progress); restores RNGs."""
-    tensors = load_file(str(directory / "trainer.safetensors"))
-    payload = json.loads((directory / "trainer.json").read_text())
-    state: dict = {}
-    for name, value in tensors.items():
-        if name.startswith("optim/"):
-            pid, key = name[len("optim/"):].rsplit("/", 1)
+    """Inverse of :func:`save_trainer_state`: returns (optimizer_state, progress); restores RNGs.
+    A damaged trainer.json / trainer.safetensors is an InputError naming the file."""
+    directory = Path(directory)
+    try:
+        tensors = load_file(str(directory / "trainer.safetensors"))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001  safetensors raises its own error type
+        raise InputError(f"{directory / 'trainer.safetensors'}: damaged trainer state ({brief(e)})") from e
+    payload = read_json(directory / "trainer.json", "trainer state")
+    try:
+        if not isinstance(payload["progress"], dict):
+            raise TypeError("progress is not an object")
+        state: dict = {}
+        for name, value in tensors.items():
+            if name.startswith("optim/"):
+                pid, key = name[len("optim/"):].rsplit("/", 1)
+                state.setdefault(pid, {})[key] = value
+        for name, value in payload["optim_scalars"].items():
+            pid, key = name.rsplit("/", 1)
             state.setdefault(pid, {})[key] = value
-    for name, value in payload["optim_scalars"].items():
-        pid, key = name.rsplit("/", 1)
-        state.setdefault(pid, {})[key] = value
-    set_rng_state(tensors, payload["rng"], generators)
-    return {"state": state, "param_groups": payload["param_groups"]}, payload["progress"]
+        set_rng_state(tensors, payload["rng"], generators)
+        return {"state": state, "param_groups": payload["param_groups"]}, payload["progress"]
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else brief(e)
+        raise InputError(f"{directory / 'trainer.json'}: damaged trainer state ({what})") from None
+
+
+def _siblings(final: Path) -> tuple[Path, Path]:
+    return final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
 
 
 @contextmanager
 def write_dir_atomically(final: Path):
-    """Yield a temporary directory; on success it replaces ``final`` in two renames, so a crash
-    at any moment leaves either the old checkpoint or the new one, never half of one."""
+    """Yield a temporary directory ``final.tmp``; on success it replaces ``final`` in two renames
+    (``final`` -> ``final.old``, ``.tmp`` -> ``final``), then ``.old`` is removed. A crash at any
+    moment leaves the old checkpoint or the new one, never half of one, plus leftovers that
+    :func:`recover_checkpoint` cleans (it runs first here, so a leftover never blocks a write)."""
     final = Path(final)
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp, old = _siblings(final)
+    recover_checkpoint(final)
     tmp.mkdir(parents=True)
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def recover_checkpoint(final: Path) -> None:
-    """Finish an interrupted :func:`write_dir_atomically` (crash between its two renames)."""
+    """Clean what :func:`write_dir_atomically` can leave when killed, keeping a whole checkpoint:
+
+    * killed while filling ``.tmp``: ``final`` is intact; the partial ``.tmp`` is removed;
+    * killed between the two renames: ``final`` is missing, ``.old`` is whole: renamed back
+      (the new ``.tmp``, never committed, is removed);
+    * killed while removing ``.old``: ``final`` is the new checkpoint; the rest of ``.old`` goes.
+    """
     final = Path(final)
-    old = final.with_name(final.name + ".old")
+    tmp, old = _siblings(final)
     if not final.exists() and old.exists():
-        old.rename(final)
+        os.rename(old, final)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
 
 
 # ----------------------------------------------------------------- logs
@@ -201,9 +263,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def read_log(path: Path) -> list[dict]:
+    """The rows of a JSONL log. A log is not needed to continue: a damaged line (a run killed
+    while appending one) is skipped with a warning naming the file and the line."""
     if not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            row = "damaged"
+        if isinstance(row, dict) and isinstance(row.get("step", 0), int):
+            rows.append(row)
+        elif row is not None:
+            print(f"warning: {path}: line {n} is not a log row (damaged?); skipped", file=sys.stderr)
+    return rows
 
 
 def truncate_log(path: Path, step: int) -> None:
