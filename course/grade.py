@@ -95,7 +95,7 @@ def grade_folder(assignments, folder: Path, seed: int, out_csv: Path) -> Path:
     return out_csv
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m course.grade", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("assignment", nargs="?", default="all", choices=[*adapters.ASSIGNMENTS, "all"])
@@ -107,10 +107,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"hidden cases' variant (default {DEFAULT_SEED})")
     p.add_argument("--pictures", default="grade-pictures", help="where failed mask tests save pictures")
     args = p.parse_args(argv)
+    if args.impl and args.assignment == "all":
+        p.error("--impl grades one assignment: name it (A1, A2, A3 or A4)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     assignments = adapters.ASSIGNMENTS if args.assignment == "all" else (args.assignment,)
-    if args.impl and len(assignments) > 1:
-        p.error("--impl grades one assignment: name it (A1, A2, A3 or A4)")
     if args.submissions:
         print(f"wrote {grade_folder(assignments, args.submissions, args.seed, args.csv)}")
         return 0

@@ -274,7 +274,7 @@ def example_figures() -> dict[str, Figure]:
                                              "8x8 image, 10 caption tokens, 3 padding")}
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None):
     from .errors import ArgumentParser, add_debug_flag
 
     parser = ArgumentParser(prog="python -m minijarvis.viz",
@@ -282,7 +282,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out-dir", required=True, help="folder for layout.png and attention.png; "
                         "tests/golden regenerates the goldens of tests/test_viz.py")
     add_debug_flag(parser)
-    out_dir = pathlib.Path(parser.parse_args(argv).out_dir)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    out_dir = pathlib.Path(parse_args(argv).out_dir)
     for name, fig in example_figures().items():
         print(save_figure(fig, out_dir / f"{name}.png"))
 

@@ -1,11 +1,11 @@
-"""Every command in README.md and docs/*.md runs as written.
+"""Every command in README.md, docs/*.md and course/**/*.md runs as written.
 
 The commands are the lines of the ```` ```bash ```` blocks (a line ending in ``\\`` joins the
 next; ``#`` comments dropped; ``a && b`` is two commands). Each command that starts one of the
 repository's entry points (``python train.py|eval.py|bench.py|probe.py|study.py``, also under
-``torchrun``, and ``python -m minijarvis.export|viz|toyworld``) must parse with that entry point's
-own argument parser, in-process, without doing the work. Any other command must be one this file
-knows (pip, pytest, tensorboard, lmms-eval, vLLM, ``python -c``), so a renamed script is caught.
+``torchrun``, ``python -m minijarvis.export|viz|toyworld`` and ``python -m course.grade``) must
+parse with that entry point's own ``parse_args(argv)``, in-process, without doing the work. Any other command must be one this file
+knows (pip, cp, pytest, tensorboard, lmms-eval, vLLM, ``python -c``), so a renamed script is caught.
 
 A block preceded by the line ``<!-- test: run -->`` is cheap: its commands run end to end, as
 written, in a temporary working directory (so ``runs/...`` lands there), with OMP_NUM_THREADS=1;
@@ -13,7 +13,6 @@ only the script path is rewritten to the repository's. Keep that set to seconds.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import importlib.util
@@ -29,14 +28,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "course").rglob("*.md"))]
 RUN_MARK = "<!-- test: run -->"
 SCRIPTS = ("train.py", "eval.py", "bench.py", "probe.py", "study.py")
-# python -m MODULE -> where its argument parser lives (a function that parses argv)
-MODULES = {"minijarvis.export": ("minijarvis.export.llava", "main"),
-           "minijarvis.viz": ("minijarvis.viz", "main"),
-           "minijarvis.toyworld": ("minijarvis.toyworld.__main__", "main")}
-EXTERNAL_PROGRAMS = ("pip", "tensorboard", "vllm", "bash")
+# python -m MODULE -> the module whose parse_args(argv) parses its flags
+MODULES = {"minijarvis.export": "minijarvis.export.llava",
+           "minijarvis.viz": "minijarvis.viz",
+           "minijarvis.toyworld": "minijarvis.toyworld.__main__",
+           "course.grade": "course.grade"}
+EXTERNAL_PROGRAMS = ("pip", "tensorboard", "vllm", "bash", "cp")
 EXTERNAL_MODULES = ("pytest", "lmms_eval")
 RUN_TIMEOUT = 120  # seconds per cheap command; each takes ~5-15 s on 2 shared cores
 
@@ -127,48 +127,19 @@ def is_known_external(argv) -> bool:
 
 
 # ---------------------------------------------------------------- parsing without the work
-class _Parsed(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def stop_after_parsing():
-    """argparse's parse_args, then stop: for entry points whose parser lives inside main()."""
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(self, args=None, namespace=None):
-        raise _Parsed(original(self, args, namespace))
-
-    argparse.ArgumentParser.parse_args = parse_then_stop
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.parse_args = original
-
-
 _LOADED: dict = {}
 
 
 def parser_of(name: str):
-    """A function argv -> parsed arguments for an entry point, doing none of its work."""
+    """The entry point's own ``parse_args(argv)``: its flags and their checks, none of its work."""
     if name not in _LOADED:
-        if name in SCRIPTS:  # each script has parse_args(argv): the flags and their checks
+        if name in SCRIPTS:
             spec = importlib.util.spec_from_file_location(f"_docs_{name[:-3]}", ROOT / name)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            _LOADED[name] = module.parse_args
-        else:  # the parser is built inside main(argv): stop main right after parsing
-            module_name, func = MODULES[name]
-            main = getattr(importlib.import_module(module_name), func)
-
-            def parse(argv, main=main):
-                with stop_after_parsing():
-                    try:
-                        main(argv)
-                    except _Parsed as done:
-                        return done.args[0]
-                raise AssertionError(f"{module_name}.{func} did work without parsing arguments first")
-            _LOADED[name] = parse
+        else:
+            module = importlib.import_module(MODULES[name])
+        _LOADED[name] = module.parse_args
     return _LOADED[name]
 
 

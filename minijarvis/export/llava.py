@@ -36,6 +36,7 @@ tests/test_export.py checks equal ids, pixels, logits and greedy tokens.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import shutil
@@ -273,7 +274,7 @@ def causal_change(model, n_per_task: int = 8) -> dict:
     return dict(items=len(items), mean_abs_delta_logprob=float(delta.mean()), accuracy=acc)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m minijarvis.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a minijarvis output directory (stage 2: runs/X-finetune)")
@@ -282,7 +283,11 @@ def main(argv=None) -> int:
     p.add_argument("--measure-items", type=positive_int, default=8, help="ShapesBench items per task for that measurement")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a non-empty folder (all it holds is deleted)")
     add_debug_flag(p)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     check_out(Path(args.out), args.overwrite)  # before the model loads
     out, model = export(args.checkpoint, args.out, args.allow_causal, args.overwrite)
     print(f"wrote {out}: load it with transformers.AutoModelForImageTextToText / AutoProcessor")

@@ -13,7 +13,7 @@ from minijarvis.errors import HelpFormatter, add_debug_flag, nonnegative_int, po
 from minijarvis.toyworld.build import SIZES, build
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minijarvis.toyworld",
                                 description="Train the toy world's pretrained parts (seeded, offline).",
                                 formatter_class=HelpFormatter)
@@ -23,7 +23,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seeds data, initialisation and batches")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (results are seeded per thread count)")
     add_debug_flag(p)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     meta = build(args.out, args.size, args.seed)
