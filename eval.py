@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from minijarvis.evaluation import benchmarks as B
-from minijarvis.data.llava import BadRecord, load_image
+from minijarvis.data.llava import BadRecord, blank_image, load_image
 from minijarvis.errors import (ArgumentParser, InputError, add_debug_flag, device, nonnegative_int,
                                positive_int, run_main)
 from minijarvis.training.runtime import set_cpu_threads
@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="likelihood mode: score the option text (default), '(A) text', or the letter alone")
     add("--max-new-tokens", type=positive_int, default=16, metavar="N", help="generation length (default 16)")
     add("--batch-size", type=positive_int, default=16, metavar="N", help="images decoded at a time (lower: less memory)")
+    add("--blank-images", action="store_true", help="answer with every image replaced by a blank one (the "
+        "encoder's mean colour): what the text alone gives (study.py's llava-blank bound)")
     add("--skip-missing", action="store_true", help="skip and count rows whose image is missing or unreadable "
         "(default: stop and name the row)")
     add("--output-dir", default="runs/eval", metavar="DIR", help="where results go (default runs/eval)")
@@ -95,9 +97,10 @@ def check_inputs(args) -> None:
 
 def method_name(args) -> str:
     """How answers were obtained, in words: printed, and written next to every number."""
+    blank = ", every image blank" if args.blank_images else ""
     if args.answer_mode == "likelihood":
-        return f"likelihood of the {TARGET_NAMES[args.score_target]} (mean log-prob per token)"
-    return f"generate (greedy, <= {args.max_new_tokens} tokens, letter extraction)"
+        return f"likelihood of the {TARGET_NAMES[args.score_target]} (mean log-prob per token){blank}"
+    return f"generate (greedy, <= {args.max_new_tokens} tokens, letter extraction){blank}"
 
 
 def load_items(args) -> tuple[list[B.Item], list]:
@@ -140,7 +143,8 @@ def evaluate(model, items: list[B.Item], args, label: str) -> tuple[list[dict], 
         batch, images = [], []
         for it in items[start:start + args.batch_size]:
             try:
-                images.append(load_image(it.image, size, mean, aspect, record_id=it.id))
+                image = load_image(it.image, size, mean, aspect, record_id=it.id)  # same skips when blank
+                images.append(blank_image(size, mean) if args.blank_images else image)
                 batch.append(it)
             except BadRecord as e:
                 if not args.skip_missing:
@@ -222,7 +226,8 @@ def write_outputs(out_dir: Path, args, runs: list[dict], load_skipped: list, n_i
     method = method_name(args)
     result = dict(bench=args.bench, bench_dir=args.bench_dir, answer_mode=args.answer_mode, method=method,
                   score_target=args.score_target if args.answer_mode == "likelihood" else None,
-                  n_items=n_items, limit=args.limit, skipped_rows=[list(s) for s in load_skipped],
+                  n_items=n_items, limit=args.limit, blank_images=args.blank_images,
+                  skipped_rows=[list(s) for s in load_skipped],
                   checkpoints=[dict(label=r["label"], path=r["path"], seconds=r["seconds"],
                                     skipped_images=r["skipped"], summary=r["summary"]) for r in runs])
     paths[".json"].write_text(json.dumps(result, indent=1))

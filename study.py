@@ -19,24 +19,33 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 
 from minijarvis.toyworld import study as S
-from minijarvis.config import METHODS
+from minijarvis.toyworld import study_report as R
 from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_int, positive_int, read_json,
                                run_main)
 from minijarvis.training.lock import output_lock
 
 
+DEFAULT_ROWS = ("llava-blank", "llava", "nomask", "jarvis", "visper", "llava-expert")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="study.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--methods", nargs="+", choices=METHODS, default=["llava", "nomask", "jarvis"],
-        help="rows to compare (llava is the baseline of the paired comparison)")
+    add("--methods", nargs="+", choices=S.ROWS, default=list(DEFAULT_ROWS), metavar="ROW",
+        help=f"rows to compare, of {', '.join(S.ROWS)} (default: {' '.join(DEFAULT_ROWS)}); llava is the "
+             "baseline of the paired comparison, llava-blank and llava-expert the bounds")
+    add("--workers", type=positive_int, default=2, help="runs side by side, each in its own process with one "
+        "thread (default 2: both cores of a small machine; 1 = one after the other, in this process)")
     add("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method (default 3)")
     add("--quick", action="store_true", help="the smallest sizes (a CI check, seconds; numbers mean nothing)")
     d = S.DEFAULT
@@ -59,6 +68,57 @@ def study_size(args) -> S.StudySize:
     return dataclasses.replace(base, **given)
 
 
+def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> tuple[list[dict], list[str]]:
+    """Every (method, seed) of ``jobs``: finished ones read back, the others run (in-process with
+    --workers 1; else each in a worker process of its own, one thread, output in OUTPUT/logs/).
+    A line per run as it ends. Returns the results in ``jobs``' order and one line per failure."""
+    results, failures, todo = {}, [], []
+    for job in jobs:
+        found = S.finished(out / f"{job[0]}-seed{job[1]}")
+        if found is not None:
+            results[job] = dict(found, reused=True)
+            print(f"[study] {job[0]} seed {job[1]}: already done; all {found['all']:.3f}", flush=True)
+        else:
+            todo.append(job)
+
+    def report(job, result):
+        if "error" in result:
+            failures.append(f"{job[0]} seed {job[1]}: {result['error']}"
+                            + (f" (log: {result['log']})" if result.get("log") else ""))
+            print(f"[study] FAILED {failures[-1]}", flush=True)
+            return
+        results[job] = dict(result, reused=False)
+        print(f"[study {len(results)}/{len(jobs)}] {job[0]} seed {job[1]}: {result['seconds']:.0f} s; "
+              f"all {result['all']:.3f}", flush=True)
+
+    for seed in sorted({s for _, s in todo}):  # written once, before any run reads it
+        S.prepare_data(out, size, seed)
+    if args.workers == 1 or len(todo) <= 1:
+        torch.set_num_threads(1)  # tiny models: one thread (see runtime.set_cpu_threads)
+        for job in todo:
+            try:
+                report(job, S.run_one(*job, size, out, args.random_init))
+            except Exception as e:  # noqa: BLE001  one line; --debug shows the traceback
+                if args.debug:
+                    raise
+                report(job, dict(error=f"{type(e).__name__}: {e}"))
+    elif todo:
+        # spawn: a fresh interpreter per worker (no forked torch state); each run's own process
+        pool = ProcessPoolExecutor(min(args.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(S.run_logged, *job, size, out, args.random_init): job for job in todo}
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    report(job, future.result())
+                except BrokenProcessPool:
+                    report(job, dict(error="its worker process died (out of memory?)",
+                                     log=str(S.log_path(out, *job))))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return [results[job] for job in jobs if job in results], failures
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     size, out = study_size(args), Path(args.output_dir)
@@ -77,24 +137,29 @@ def main(argv=None) -> int:
                 raise UsageError(f"{out} holds runs of other sizes ({old['size']}); "
                                  "use another --output-dir or the same sizes")
         saved.write_text(json.dumps(settings, indent=1))
-        torch.set_num_threads(1)  # tiny models: one thread each (see runtime.set_cpu_threads)
-        start, results = time.perf_counter(), []
-        for seed in range(args.seeds):  # seed-major: an interrupted study has every method's early seeds
-            for method in methods:
-                t0 = time.perf_counter()
-                was_done = (out / f"{method}-seed{seed}" / S.DONE).exists()
-                results.append(S.run_one(method, seed, size, out, args.random_init))
-                print(f"[study] {method} seed {seed}: " + ("already done" if was_done else
-                      f"{time.perf_counter() - t0:.0f} s") + f"; all {results[-1]['all']:.3f}", flush=True)
-        stats = S.aggregate(results, methods)
-        settings["seconds"] = round(time.perf_counter() - start, 1)
-        settings["command"] = "python study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        paths = S.write_outputs(out, stats, results, settings)
+        # seed-major: an interrupted study has every method's early seeds
+        jobs = [(method, seed) for seed in range(args.seeds) for method in methods]
+        start = time.perf_counter()
+        results, failures = run_all(jobs, size, out, args)
+        wall = time.perf_counter() - start
+        if failures:
+            raise InputError(f"{len(failures)} of {len(jobs)} runs failed, first {failures[0]}; the finished "
+                             "runs are kept: rerun the same command to retry the others")
+        stats = R.aggregate(results, methods)
+        new = [r for r in results if not r["reused"]]
+        settings.update(workers=args.workers, seconds=round(wall, 1),
+                        run_seconds=[dict(method=r["method"], seed=r["seed"], seconds=r.get("seconds"),
+                                          reused=r["reused"]) for r in results],
+                        command="python study.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        paths = R.write_outputs(out, stats, results, settings)
         print("\nShapesBench accuracy (%), mean ± 95% t-interval over seeds; rows 'x − llava': paired "
               "differences in points\n")
-        print(S.markdown_table(stats))
-        print("\n".join(S.verdicts(stats)))
-        print(f"\n{len(results)} runs in {settings['seconds']:.0f} s; wrote " + ", ".join(map(str, paths.values())))
+        print(R.markdown_table(stats))
+        print("\n".join(R.verdicts(stats)))
+        busy = sum(r["seconds"] or 0 for r in new)
+        print(f"\n{len(results)} runs ({len(new)} new) in {wall:.0f} s wall with {args.workers} worker(s); "
+              f"the new runs took {busy:.0f} s together (x{busy / max(wall, 1e-9):.2f} of the wall time)")
+        print("wrote " + ", ".join(map(str, paths.values())))
         return 0
 
 

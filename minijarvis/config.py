@@ -167,6 +167,7 @@ class TrainConfig:
     plain_style: str = "release"  # stage-1 template: release (no BOS/"\n") or llava (BOS, "\n")
     lambda_per_rank: bool = False  # release: each rank draws the lambda coin on its own
     group_by_modality_length: bool = False  # release stage 2: batches of one modality, similar lengths (sampler.py)
+    blank_images: bool = False  # every image replaced by a blank one after loading: the text-only bound
     report_to: str = "none"  # experiment tracker: none, tensorboard or wandb (minijarvis.training.trackers)
 
     def validate(self) -> None:

@@ -164,6 +164,14 @@ def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
 
 
+def blank_image(size: int, mean) -> torch.Tensor:
+    """A blank image as :func:`load_image` returns one: [3, size, size] in the encoder's mean
+    colour ``int(m * 255) / 255`` (the colour LLaVA pads with, "no content"). ``--blank-images``
+    puts it in place of every image: the text-only bound (study.py's ``llava-blank``)."""
+    colour = torch.tensor([int(m * 255) / 255 for m in mean], dtype=torch.float32)
+    return colour[:, None, None].expand(3, size, size).clone()
+
+
 # ---------------------------------------------------------------- records
 def _record_id(record, index: int) -> str:
     if isinstance(record, dict) and record.get("id") is not None:
@@ -257,11 +265,14 @@ class LlavaDataset(torch.utils.data.Dataset):
     ``problems`` lists them as (id, reason) and ``num_invalid`` counts them; ``len`` counts the
     rest. Image and length problems surface when an item is loaded. ``num_visual`` = H*W;
     ``aspect`` (:func:`load_image`) None = the release's for ``stage`` (crop, or pad in stage 2).
+    ``blank_images``: each image is still loaded (the same records pass or fail), then replaced
+    by :func:`blank_image`.
     """
 
     def __init__(self, records_or_path, image_folder, tokenizer, *, stage: str, image_size: int,
                  image_mean, aspect: str | None = None, max_length: int, num_visual: int,
-                 strict: bool = False, plain_style: str = "release", source: str = ""):
+                 strict: bool = False, plain_style: str = "release", source: str = "",
+                 blank_images: bool = False):
         if stage not in ("align", "finetune"):
             raise ValueError(f"stage must be 'align' or 'finetune', got {stage!r}")
         if not 0 < num_visual < max_length:
@@ -279,6 +290,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.tokenizer, self.stage, self.strict = tokenizer, stage, strict
         self.image_size, self.image_mean, self.aspect = image_size, tuple(image_mean), aspect
         self.max_length, self.num_visual, self.plain_style = max_length, num_visual, plain_style
+        self.blank_images = blank_images
         self.image_id = image_token_id(tokenizer)
         self.valid, self.problems = [], []
         for i, record in enumerate(self.records):
@@ -328,6 +340,8 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise BadRecord(rid, str(e)) from None
         image = None if path is None else load_image(path, self.image_size, self.image_mean,
                                                      self.aspect, record_id=rid)
+        if image is not None and self.blank_images:
+            image = blank_image(self.image_size, self.image_mean)
         return dict(input_ids=torch.tensor(ids, dtype=torch.long),
                     labels=torch.tensor(labels, dtype=torch.long), image=image, id=rid)
 

@@ -108,6 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--plain-style", choices=("release", "llava"), default="release", help="stage-1 template: release = <image>+caption; llava adds BOS and a trailing newline")
     d.add_argument("--image-aspect", choices=IMAGE_ASPECTS, default=None, help="fit images to the encoder's square: crop = CLIP processor (short side, centre crop), pad = square in the encoder's mean colour, resize = distort (default: the release's, crop in stage 1, pad in stage 2)")
     d.add_argument("--max-length", type=int_at_least(8), default=None, help="tokens per sequence incl. image slots (lower this if you run out of memory)")
+    d.add_argument("--blank-images", action="store_true", help="replace every image by a blank one (the encoder's mean colour) once loaded: what the text alone teaches (study.py's llava-blank bound)")
     d.add_argument("--strict", action="store_true", help="stop on the first bad record instead of skipping and counting it")
     d.add_argument("--group-by-modality-length", action=argparse.BooleanOptionalAction, default=None, help="batches of image rows or of text-only rows, length-sorted mega-batches dealt to ranks (LLaVA's sampler; default: on in stage 2, as the release)")
     d.add_argument("--num-workers", type=nonnegative_int, default=0, help="data loader worker processes")
@@ -229,7 +230,7 @@ def new_train_config(args, real: bool, world: int, output: Path) -> TrainConfig:
                       plain_style=args.plain_style, lambda_per_rank=args.lambda_per_rank,
                       group_by_modality_length=(stage == "finetune" if args.group_by_modality_length is None
                                                 else args.group_by_modality_length),
-                      report_to=args.report_to)
+                      blank_images=args.blank_images, report_to=args.report_to)
     cfg.validate()
     return cfg
 
@@ -324,7 +325,7 @@ def build_run(args, info: DistInfo) -> Run:
                            image_size=model.image_size, image_mean=model.image_mean,
                            aspect=model.image_aspect, max_length=model.cfg.max_length,
                            num_visual=model.num_slots, strict=tcfg.strict,
-                           plain_style=tcfg.plain_style, source=data)
+                           plain_style=tcfg.plain_style, source=data, blank_images=tcfg.blank_images)
     if dataset.num_invalid:
         from minijarvis.data.llava import format_skips
         print0("at load, " + format_skips(dataset.problems))
