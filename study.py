@@ -2,15 +2,26 @@
 
 The tiny preset's parts are the toy world's pretrained ones (a toy LLM, a caption-trained
 "CLIP", a depth expert as target; ``minijarvis/toyworld``), so the papers' question has an
-answer at this scale. For each method and seed: stage 1 and stage 2 on the same data (train.py,
-in-process), ShapesBench per task (eval.py; chance marked), the per-layer probes when probe.py
-exists; then accuracy per task and method, mean ± 95% t-interval over seeds, and the paired
-difference to llava seed by seed.
+answer at this scale. For each row and seed: stage 1 and stage 2 on the same data (train.py),
+ShapesBench per task (eval.py; chance marked), the per-layer probes of the stage-1 checkpoint
+when probe.py exists; then accuracy per task and row, mean ± 95% t-interval over seeds, the
+paired difference to llava seed by seed, and its half-width, the minimum detectable effect.
 
-    python study.py                                          # llava nomask jarvis, 3 seeds
+Rows: the methods (llava, nomask, jarvis, visper, viral) and two bounds, both llava:
+llava-blank (every image blank, in training and in the benchmark: what the text alone gives)
+and llava-expert (the toy expert as the context encoder: what its features are worth when the
+LLM reads them directly). A method's gain over llava means something between the two; the
+verdicts say where each method falls (0 = llava-blank, 1 = llava-expert).
+
+    python study.py                                          # 6 rows x 3 seeds, 2 runs at a time
     python study.py --methods llava jarvis --seeds 5 --output-dir runs/study5
+    python study.py --workers 1 --output-dir runs/study-1    # one run after the other, in-process
     python study.py --quick --output-dir /tmp/study          # seconds: the CI size
 
+Parallel: ``--workers N`` runs N (method, seed) at a time, each in its own process with one
+thread (the tiny models gain nothing from more), its output in ``OUTPUT/logs/<row>-seed<k>.log``;
+a line per run as it ends, with its time; the wall time and each run's time go to study.json.
+A failed run is one line; the others finish, and rerunning the same command retries it.
 Resumable: a finished (method, seed) has ``OUTPUT/<method>-seed<k>/done.json`` and is not rerun;
 rerun the same command after an interruption. Writes OUTPUT/study.{json,csv,md,png}.
 """
