@@ -168,8 +168,8 @@ def main(argv=None) -> int:
         print(R.markdown_table(stats))
         print("\n".join(R.verdicts(stats)))
         busy = sum(r["seconds"] or 0 for r in new)
-        print(f"\n{len(results)} runs ({len(new)} new) in {wall:.0f} s wall with {args.workers} worker(s); "
-              f"the new runs took {busy:.0f} s together (x{busy / max(wall, 1e-9):.2f} of the wall time)")
+        print(f"\n{len(results)} runs ({len(new)} new) in {wall:.0f} s wall with {args.workers} worker(s)"
+              + (f"; the new runs took {busy:.0f} s together (x{busy / wall:.2f} of the wall time)" if new else ""))
         print("wrote " + ", ".join(map(str, paths.values())))
         return 0
 

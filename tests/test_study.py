@@ -249,6 +249,9 @@ def test_methods_are_placed_between_the_bounds_and_the_outputs_mark_them(tmp_pat
     assert stats["position"]["llava"]["all"] == pytest.approx(0.25)
     assert stats["position"]["jarvis"]["Depth"] == pytest.approx(0.625)
     assert set(stats["position"]) == {"llava", "jarvis"}  # bounds are not placed between themselves
+    assert stats["bound_gap"]["all"]["mean"] == pytest.approx(0.4)
+    noisy = [dict(r, all=r["all"] + (0.3 if r["method"] == "llava-expert" and r["seed"] else 0)) for r in results]
+    assert R.aggregate(noisy, ["llava", "llava-blank", "llava-expert"])["position"]["llava"]["all"] is None
     paths = R.write_outputs(tmp_path, stats, results, dict(methods=[], seeds=2))
     md = paths["md"].read_text()
     assert "| llava-blank (lower bound) |" in md and "| llava-expert (upper bound) |" in md

@@ -10,9 +10,11 @@ than it cannot be told from 0 by this study (to find one with 80% power takes ab
 it). When every seed gives the same difference the interval is 0 wide; the verdict says so.
 
 Bounds (``study.BOUNDS``): llava-blank (lower: the text alone) and llava-expert (upper: the
-expert's features read directly). A method's position between them is (method - lower) /
-(upper - lower) on the means: 0 = the text alone, 1 = as good as reading the expert; none where
-the bounds are not apart (upper <= lower).
+expert's features read directly). ``bound_gap``: upper minus lower, seed by seed, with its
+t-interval. A method's position between them is (method - lower) / (upper - lower) on the
+means: 0 = the text alone, 1 = as good as reading the expert; none where the bounds are not
+shown apart (the gap's interval does not lie above 0; never with one seed), since a ratio over
+a gap of noise means nothing.
 """
 from __future__ import annotations
 
@@ -57,8 +59,8 @@ def label(row: str) -> str:
 
 def aggregate(results: list[dict], methods: list[str]) -> dict:
     """Per row and task: mean +- t-interval over seeds (and the seeds' values); per row other
-    than llava: the paired difference to llava seed by seed, and its half-width as ``mde``; per
-    method (not a bound): its position between the bounds, when both ran."""
+    than llava: the paired difference to llava seed by seed, and its half-width as ``mde``; when
+    both bounds ran, the gap between them and each method's position between them."""
     rows = display_order(list(dict.fromkeys(methods)))
     by = {m: sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"]) for m in rows}
     table = {m: {t: dict(t_interval([_accuracy(r, t) for r in rs]), values=[_accuracy(r, t) for r in rs])
@@ -71,16 +73,20 @@ def aggregate(results: list[dict], methods: list[str]) -> dict:
             if m != "llava" and pairs:
                 paired[m] = {t: t_interval([_accuracy(a, t) - _accuracy(b, t) for a, b in pairs]) for t in COLUMNS}
     bounds = {m: BOUNDS[m] for m in rows if m in BOUNDS}
-    position = {}
+    gap, position = {}, {}
     if set(bounds.values()) == {"lower", "upper"}:
-        low, high = (table[next(m for m, r in bounds.items() if r == side)] for side in ("lower", "upper"))
+        low, high = (next(m for m, r in bounds.items() if r == side) for side in ("lower", "upper"))
+        under = {r["seed"]: r for r in by[low]}
+        pairs = [(r, under[r["seed"]]) for r in by[high] if r["seed"] in under]
+        gap = {t: t_interval([_accuracy(a, t) - _accuracy(b, t) for a, b in pairs]) for t in COLUMNS} if pairs else {}
+        apart = {t: g["half"] is not None and g["mean"] > g["half"] for t, g in gap.items()}
         for m in (m for m in rows if m not in BOUNDS):
-            position[m] = {t: (table[m][t]["mean"] - low[t]["mean"]) / (high[t]["mean"] - low[t]["mean"])
-                           if high[t]["mean"] > low[t]["mean"] else None for t in COLUMNS}
+            position[m] = {t: (table[m][t]["mean"] - table[low][t]["mean"]) / gap[t]["mean"]
+                           if apart.get(t) else None for t in COLUMNS}
     chance = dict(results[0]["chance"])
     chance["all"] = sum(chance[t] for t in TASKS) / len(TASKS)  # equal items per task
     return dict(table=table, paired=paired, mde={m: {t: s["half"] for t, s in per.items()} for m, per in paired.items()},
-                bounds=bounds, position=position, chance=chance)
+                bounds=bounds, bound_gap=gap, position=position, chance=chance)
 
 
 def _fmt(s: dict, pct: bool = True) -> str:
@@ -127,7 +133,9 @@ def verdicts(stats: dict) -> list[str]:
             lines.append(f"{label(m)} - llava, {t}: {_fmt(s)} points ({word})")
     if stats["position"]:
         low, high = (next(m for m, r in stats["bounds"].items() if r == side) for side in ("lower", "upper"))
-        lines.append(f"between the bounds (0 = {low}, 1 = {high}; '-' where {high} is not above {low}):")
+        lines.append(f"room between the bounds, {high} - {low}: " + ", ".join(
+            f"{t} {_fmt(g)}" for t, g in stats["bound_gap"].items()) + " points")
+        lines.append(f"between the bounds (0 = {low}, 1 = {high}; '-' where {high} is not shown above {low}):")
         lines += [f"  {m}: " + ", ".join(f"{t} {'-' if p[t] is None else f'{p[t]:.2f}'}" for t in COLUMNS)
                   for m, p in stats["position"].items()]
     elif stats["table"]:
