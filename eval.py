@@ -35,7 +35,8 @@ import torch
 from tqdm import tqdm
 
 from minijarvis.evaluation import benchmarks as B
-from minijarvis.data.llava import BadRecord, blank_image, load_image
+from minijarvis.data.images import blank_image, load_image
+from minijarvis.errors import BadRecord
 from minijarvis.errors import (ArgumentParser, InputError, add_debug_flag, device, nonnegative_int,
                                positive_int, run_main)
 from minijarvis.training.runtime import set_cpu_threads

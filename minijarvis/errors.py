@@ -6,7 +6,9 @@
 * An unusable file (missing, invalid JSON, not a checkpoint, ...) or any other failure the
   user can fix is an :class:`InputError` (exit status 1): one line naming the file and the
   problem. Raise it (or :class:`UsageError` for a combination of flags that argparse cannot
-  check) anywhere below ``main``; :func:`run_main` turns it into that line.
+  check) anywhere below ``main``; :func:`run_main` turns it into that line. A data record that
+  cannot be used is a :class:`BadRecord` (an InputError naming the record), which the data
+  set turns into a skip with a reason unless ``--strict``.
 * An operating-system error (a read-only file system, a full disk, a folder that is not
   empty, ...) is exit status 1 too, one line naming the path (:func:`os_error_line`).
 * A file a run reads back (a checkpoint's config, trainer state, a log) goes through
@@ -49,6 +51,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.default in (None, False, "", argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+class BadRecord(InputError):
+    """A data record that cannot be used: ``record_id`` (str), a human-readable ``reason`` and
+    the ``source`` file if known. An InputError: uncaught (``--strict``), it ends the run with
+    one line, exit status 1."""
+
+    def __init__(self, record_id: str, reason: str, source: str = ""):
+        super().__init__(record_id, reason, source)  # all in args, so it pickles across workers
+        self.record_id, self.reason, self.source = record_id, reason, source
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}record {self.record_id!r}: {self.reason}"
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -201,7 +201,8 @@ def test_given_flags_tell_explicit_values_from_defaults():
 
 
 def test_a_record_that_is_not_an_object_is_skipped_counted_and_named(tmp_path):
-    from minijarvis.data.llava import BadRecord, LlavaDataset, read_llava_json
+    from minijarvis.data.llava import LlavaDataset, read_llava_json
+    from minijarvis.errors import BadRecord
     from minijarvis.llm import build_tokenizer
     path = tmp_path / "d.json"
     good = {"id": "ok", "image": "a.png", "conversations": [{"from": "human", "value": "<image>"},

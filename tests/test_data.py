@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from minijarvis.data.llava import (IGNORE_INDEX, BadRecord, LlavaDataset, Skip, collate, encode_caption,
-                             encode_conversation, encode_prompt, expand2square, format_skips,
-                             load_image, make_collate, read_llava_json, shortest_edge_size,
-                             stop_token_ids, truncate_spliced)
+from minijarvis.data.llava import IGNORE_INDEX, LlavaDataset, Skip, collate, encode_caption, encode_conversation, encode_prompt, format_skips, make_collate, read_llava_json, stop_token_ids, truncate_spliced
+from minijarvis.data.images import expand2square, load_image, shortest_edge_size
+from minijarvis.errors import BadRecord
 from minijarvis.errors import InputError
 from minijarvis.llm import build_tokenizer
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import eval as evalpy
 from minijarvis.evaluation import benchmarks as B
-from minijarvis.data.llava import BadRecord
+from minijarvis.errors import BadRecord
 from minijarvis.model import JarvisModel
 from minijarvis.training.checkpoint import load_checkpoint, save_checkpoint
 

@@ -18,7 +18,8 @@ from conftest import tiny_config
 from minijarvis.export import llava as E
 from minijarvis.export import hf_vision
 from minijarvis.config import IMAGE_ASPECTS, METHODS
-from minijarvis.data.llava import encode_prompt, load_image
+from minijarvis.data.llava import encode_prompt
+from minijarvis.data.images import load_image
 from minijarvis.encoders import VisionEncoder
 from minijarvis.errors import InputError, UsageError, run_main
 from minijarvis.evaluation.inference import _batch

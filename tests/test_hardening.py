@@ -18,7 +18,9 @@ from PIL import Image
 import eval as eval_script
 import probe
 import study
-from minijarvis.data.llava import BadRecord, LlavaDataset, load_image
+from minijarvis.data.llava import LlavaDataset
+from minijarvis.data.images import load_image
+from minijarvis.errors import BadRecord
 from minijarvis.errors import InputError, run_main
 from minijarvis.training import runtime
 

@@ -103,7 +103,8 @@ def test_each_row_trains_and_answers_with_its_flags(tmp_path, monkeypatch, row, 
 
 def test_blank_images_replace_every_image_after_it_is_loaded(tmp_path):
     from PIL import Image
-    from minijarvis.data.llava import LlavaDataset, Skip, blank_image
+    from minijarvis.data.llava import LlavaDataset, Skip
+    from minijarvis.data.images import blank_image
     from minijarvis.llm import build_tokenizer
     from minijarvis.training.cli import new_train_config, parse_args
 
@@ -123,7 +124,7 @@ def test_blank_images_replace_every_image_after_it_is_loaded(tmp_path):
 
 
 def test_eval_blank_images_gives_the_model_only_blank_images(monkeypatch):
-    from minijarvis.data.llava import blank_image
+    from minijarvis.data.images import blank_image
     from minijarvis.evaluation import benchmarks as B
 
     seen = []

@@ -172,7 +172,7 @@ def test_bad_records_are_skipped_counted_and_named(tmp_path, capsys):
 
 
 def test_strict_stops_on_the_first_bad_record(tmp_path):
-    from minijarvis.data.llava import BadRecord
+    from minijarvis.errors import BadRecord
     data = _llava_folder(tmp_path / "llava")
     with pytest.raises(BadRecord, match="empty"):
         train.main(["--stage", "align", "--data", str(data), "--image-folder",

@@ -1,4 +1,5 @@
-"""LLaVA data -> token ids + labels -> batches (DESIGN.md §1); text -> ids is ``text.py``.
+"""LLaVA data -> token ids + labels -> batches (DESIGN.md §1); text -> ids is ``text.py``,
+images are ``images.py``.
 
 * Stage 1 (``align``, LLaVA-558k): the plain template, ``<image>`` + caption, labels on the
   caption only (:func:`encode_caption`).
@@ -23,31 +24,16 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
 from minijarvis.config import IMAGE_ASPECTS, release_image_aspect
-from minijarvis.errors import InputError
+from minijarvis.data.images import blank_image, load_image
+from minijarvis.errors import BadRecord, InputError
 from minijarvis.data.text import (  # noqa: F401 (text -> ids lives in text.py; re-exported here)
     IGNORE_INDEX, PLAIN_STYLES, ROLES, encode_caption, encode_conversation, encode_prompt,
     encode_reply, encode_segments, image_token_id, stop_token_ids, truncate_spliced)
 from minijarvis.llm import IMAGE_TOKEN
-
-
-class BadRecord(InputError):
-    """A data record that cannot be used: ``record_id`` (str), a human-readable ``reason`` and
-    the ``source`` file if known. An InputError: uncaught (``--strict``), it ends the run with
-    one line, exit status 1."""
-
-    def __init__(self, record_id: str, reason: str, source: str = ""):
-        super().__init__(record_id, reason, source)  # all in args, so it pickles across workers
-        self.record_id, self.reason, self.source = record_id, reason, source
-
-    def __str__(self) -> str:
-        where = f"{self.source}: " if self.source else ""
-        return f"{where}record {self.record_id!r}: {self.reason}"
 
 
 class Skip(NamedTuple):
@@ -55,121 +41,6 @@ class Skip(NamedTuple):
 
     id: str
     reason: str
-
-
-# ---------------------------------------------------------------- images
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any PIL mode -> RGB. 16/32-bit grayscale is rescaled (PIL's own convert would clip it
-    to white); transparency is composited on ``background`` (transparent = no content, like
-    the padding), where LLaVA's plain ``convert("RGB")`` would expose hidden colours."""
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        a = np.asarray(img, dtype=np.float64)
-        scale = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(a / scale * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("P", "L", "RGB") and "transparency" in img.info or img.mode in (
-            "LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        out = Image.new("RGB", img.size, background)
-        out.paste(img, mask=img.getchannel("A"))
-        return out
-    return img.convert("RGB")
-
-
-def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """LLaVA's "pad": the image centred on a square canvas of side max(w, h) in ``background``."""
-    w, h = img.size
-    if w == h:
-        return img
-    side = max(w, h)
-    out = Image.new(img.mode, (side, side), background)
-    out.paste(img, ((side - w) // 2, (side - h) // 2))
-    return out
-
-
-def shortest_edge_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) after resizing the short side to ``size`` and the long side in
-    proportion, truncated as transformers' ``get_resize_output_image_size`` does
-    (``int(size * long / short)``, never rounded up)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    return (size, new_long) if width <= height else (new_long, size)
-
-
-def resize_and_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """CLIP's processor (``CLIPImageProcessor`` on PIL, shortest_edge = crop = ``size``): PIL
-    bicubic resize of the uint8 image to :func:`shortest_edge_size`, then the centred
-    ``size x size`` window whose top-left corner is ``((w - size) // 2, (h - size) // 2)``."""
-    width, height = shortest_edge_size(*img.size, size)
-    img = img.resize((width, height), Image.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-MAX_ASPECT = 50  # long side / short side; LLaVA's data has panoramas and banners up to ~20:1
-
-
-def fit_problem(width: int, height: int, size: int, aspect: str) -> str:
-    """Why fitting a ``width x height`` image costs too much, or "" if it does not: an aspect
-    ratio above MAX_ASPECT, or more pixels made by the resize / padding than PIL's own
-    decompression-bomb limit (a 1 x 50,000 PNG of 281 bytes passes that limit, but its crop
-    resize would be 192 x 9,600,000)."""
-    short, long = min(width, height), max(width, height)
-    if short < 1 or long / short > MAX_ASPECT:
-        return f"image {width}x{height}: aspect ratio {long}:{short} is beyond {MAX_ASPECT}:1"
-    made = {"crop": size * int(size * long / short), "pad": long * long, "resize": size * size}[aspect]
-    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
-    if made > limit:
-        return f"image {width}x{height}: fitting it ({aspect}) makes {made:,} pixels, over {limit:,}"
-    return ""
-
-
-def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
-    """Path or PIL image -> float [3, size, size] in [0, 1] (uint8 / 255, as the processor's
-    rescale; each encoder applies its own mean/std).
-
-    ``aspect="crop"``: :func:`resize_and_center_crop` (CLIP's processor; the release's stage 1);
-    ``"pad"``: :func:`expand2square` in the encoder's mean colour ``int(m * 255)``, then bicubic
-    resize (LLaVA's stage 2); ``"resize"``: bicubic resize straight to size x size (distorts).
-    A missing or undecodable file, or one too costly to fit (:func:`fit_problem`), raises
-    :class:`BadRecord` (id = ``record_id`` or the path).
-    """
-    if aspect not in IMAGE_ASPECTS:
-        raise ValueError(f"aspect must be one of {', '.join(IMAGE_ASPECTS)}; got {aspect!r}")
-    background = tuple(int(m * 255) for m in mean)
-    rid = record_id or str(src)
-    if isinstance(src, Image.Image):
-        if fit_problem(*src.size, size, aspect):
-            raise BadRecord(rid, fit_problem(*src.size, size, aspect))
-        rgb = _to_rgb(src, background)
-    else:
-        try:
-            with Image.open(src) as f:
-                if fit_problem(*f.size, size, aspect):  # from the header: before decoding
-                    raise BadRecord(rid, fit_problem(*f.size, size, aspect))
-                f.load()  # decode now: truncated/corrupt files fail here, not later
-                rgb = _to_rgb(f, background)
-        except FileNotFoundError:
-            raise BadRecord(rid, f"image file not found: {src}") from None
-        except BadRecord:
-            raise
-        except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
-            raise BadRecord(rid, f"cannot decode image {src}: {type(e).__name__}: {e}") from None
-    if aspect == "crop":
-        rgb = resize_and_center_crop(rgb, size)
-    else:
-        if aspect == "pad":
-            rgb = expand2square(rgb, background)
-        rgb = rgb.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
-
-
-def blank_image(size: int, mean) -> torch.Tensor:
-    """A blank image as :func:`load_image` returns one: [3, size, size] in the encoder's mean
-    colour ``int(m * 255) / 255`` (the colour LLaVA pads with, "no content"). ``--blank-images``
-    puts it in place of every image: the text-only bound (study.py's ``llava-blank``)."""
-    colour = torch.tensor([int(m * 255) / 255 for m in mean], dtype=torch.float32)
-    return colour[:, None, None].expand(3, size, size).clone()
 
 
 # ---------------------------------------------------------------- records

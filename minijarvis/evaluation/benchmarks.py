@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from minijarvis.data.llava import BadRecord
+from minijarvis.errors import BadRecord
 from minijarvis.evaluation.shapesbench import ANSWER_INSTRUCTION, LETTERS, format_prompt, shapes_bench
 
 BENCHES = ("shapes", "cvbench", "mmvp", "blink", "realworldqa")

@@ -55,7 +55,7 @@ def generate(model, images: torch.Tensor | None, prompts: list[str],
              max_new_tokens: int = 32) -> list[str]:
     """Greedy decoding, one prompt at a time (no padding to get wrong), with a KV cache.
 
-    ``images``: float [B,3,S,S] in [0,1] at ``model.image_size`` (``data.llava.load_image``), or
+    ``images``: float [B,3,S,S] in [0,1] at ``model.image_size`` (``data.images.load_image``), or
     None for text-only prompts. Returns the decoded continuations without special tokens.
     """
     tok, llm = model.tokenizer, model.llm

@@ -20,7 +20,7 @@ What goes where (the architecture is LLaVA's, so nothing is approximated):
   and a chat template that renders LLaVA-style content lists (``{"type": "image"}`` ->
   ``"<image>\\n"``) into the checkpoint's own template, so ``apply_chat_template`` gives the ids
   of ``data.llava.encode_prompt``. Stage-1 (captioning) checkpoints take the plain prompt ``"<image>"``.
-* The image processor does what ``data.llava.load_image`` does: pad to a square in F_ctx's mean
+* The image processor does what ``data.images.load_image`` does: pad to a square in F_ctx's mean
   colour (``do_pad``), or resize, or CLIP's resize + centre crop; bicubic to the input size;
   F_ctx's normalisation. ``backend="pil"`` reproduces minijarvis's pixels exactly.
 * VisPer-LM's task tokens become extra vocabulary entries ``<task_{target}_{i}>`` whose
@@ -110,7 +110,7 @@ def check_exportable(cfg, allow_causal: bool = False) -> None:
 
 
 def image_processor(model, aspect: str):
-    """LLaVA's image processor doing what ``data.llava.load_image`` does at this checkpoint."""
+    """LLaVA's image processor doing what ``data.images.load_image`` does at this checkpoint."""
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
     from transformers.image_utils import PILImageResampling
 
@@ -252,7 +252,7 @@ def causal_change(model, n_per_task: int = 8) -> dict:
     eval.py scores by default (the option's text, mean log-prob per token). The exported model
     is this model run causally (equal logits: tests/test_export.py); on CUDA if there is one."""
     from minijarvis.evaluation.benchmarks import LETTERS, load_shapes
-    from minijarvis.data.llava import load_image
+    from minijarvis.data.images import load_image
 
     items, _ = load_shapes(n_per_task)
     aspect = image_aspect(model.cfg, model.stage)

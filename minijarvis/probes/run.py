@@ -19,7 +19,8 @@ import torch
 from minijarvis.probes import core as P
 from minijarvis.training.checkpoint import CONFIG, WEIGHTS
 from minijarvis.config import load_config
-from minijarvis.data.llava import encode_caption, encode_prompt, load_image, read_llava_json
+from minijarvis.data.llava import encode_caption, encode_prompt, read_llava_json
+from minijarvis.data.images import load_image
 from minijarvis.errors import InputError, UsageError
 from minijarvis.training.runtime import set_cpu_threads
 from minijarvis.data.shapes import DEFAULT_IMAGE_SIZE, render, scene_from_seed, scene_seed

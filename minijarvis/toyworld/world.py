@@ -6,7 +6,7 @@
   with their options and answer (``shapesbench.format_prompt``; the answer is right for a scene
   the text does not show, so the LLM learns the questions and their options, not the answers).
 * :func:`scene_tensors` -- rendered scenes as the encoders see them ([0, 1] images at the tiny
-  preset's 192 px, resized like ``data.llava.load_image``), their incomplete captions, and what the
+  preset's 192 px, resized like ``data.images.load_image``), their incomplete captions, and what the
   renderer knows that captions omit: per-patch log-depth, per-patch object occupancy, object count.
 
 Seeds: scenes come from the "caption" and "instruct" splits with a user seed (``WORLD_SEED`` +
@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from minijarvis.data import shapes as S
-from minijarvis.data.llava import load_image
+from minijarvis.data.images import load_image
 from minijarvis.evaluation.shapesbench import TASKS, bench_item, format_prompt
 
 WORLD_SEED = 1000  # offset of the build's user seed: away from train.py's seeds 0, 1, 2, ...
@@ -97,7 +97,7 @@ def depth_grid(scene: S.Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
 def scene_tensors(n: int, seed: int, image_size: int = 192, grid: int = 12, mean=(0.5, 0.5, 0.5),
                   offset: int = 0) -> dict:
     """``n`` caption-split scenes as tensors: images float [n,3,S,S] in [0,1] (rendered at
-    224 px and resized like ``data.llava.load_image``), captions (list), log_depth and occupancy
+    224 px and resized like ``data.images.load_image``), captions (list), log_depth and occupancy
     [n, grid, grid], count long [n]."""
     world = WORLD_SEED + seed
     images, captions, depth, occ, count = [], [], [], [], []
