@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minijarvis.data.shapes import (COLORS, SYNONYMS, SyntheticLlava, caption_record, instruction_record,
-                               make_scene, render, sample_scene, scene_from_seed, scene_seed, write_llava_folder)
+from minijarvis.data.shapes import COLORS, make_scene, render, sample_scene, scene_from_seed, scene_seed
+from minijarvis.data.synthetic import SYNONYMS, SyntheticLlava, caption_record, instruction_record, write_llava_folder
 from minijarvis.evaluation.shapesbench import (ANSWER_INSTRUCTION, DEPTH_RATIO, TASKS, bench_item, bench_seed,
                                     shapes_bench, write_bench_jsonl)
 

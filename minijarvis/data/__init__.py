@@ -5,5 +5,6 @@
 * ``images.py``: images loaded and fitted to the encoders' square input (crop or pad), bounded.
 * ``text.py``: text -> token ids and labels, built together segment by segment.
 * ``sampler.py``: stage 2's batch order (LLaVA's grouping by modality and length).
-* ``shapes.py``: the built-in synthetic scenes and their LLaVA records (the offline default data).
+* ``shapes.py``: the built-in synthetic scenes and their rendering.
+* ``synthetic.py``: their captions, instructions and LLaVA records (the offline default data).
 """

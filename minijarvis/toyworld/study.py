@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minijarvis.config import METHODS
-from minijarvis.data.shapes import write_llava_folder
+from minijarvis.data.synthetic import write_llava_folder
 from minijarvis.errors import InputError, read_json
 from minijarvis.evaluation.shapesbench import TASKS, bench_item
 

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from minijarvis.data import shapes as S
+from minijarvis.data import synthetic as T
 from minijarvis.data.images import load_image
 from minijarvis.evaluation.shapesbench import TASKS, bench_item, format_prompt
 
@@ -38,20 +39,20 @@ def _chat(tokenizer, turns: list[tuple[str, str]]) -> str:
 
 
 def instruct_turns(index: int, seed: int) -> list[tuple[str, str]]:
-    """The (question, answer) turns of ``shapes.instruction_record(index, seed)`` without
+    """The (question, answer) turns of ``synthetic.instruction_record(index, seed)`` without
     rendering its image (same scene, same text stream, same suffix)."""
     s = S.scene_seed("instruct", index, seed)
     rng = np.random.default_rng([s, 1])
-    if index % S.TEXT_ONLY_EVERY == S.TEXT_ONLY_EVERY - 1:
-        return S._text_qa(rng)
-    return [(q + S.SHORT_ANSWER, a) for q, a in S._image_qa(S.scene_from_seed(s), rng)]
+    if index % T.TEXT_ONLY_EVERY == T.TEXT_ONLY_EVERY - 1:
+        return T._text_qa(rng)
+    return [(q + T.SHORT_ANSWER, a) for q, a in T._image_qa(S.scene_from_seed(s), rng)]
 
 
 def caption_text(index: int, seed: int) -> tuple[S.Scene, str]:
-    """Scene and caption of ``shapes.caption_record(index, seed)`` without rendering."""
+    """Scene and caption of ``synthetic.caption_record(index, seed)`` without rendering."""
     s = S.scene_seed("caption", index, seed)
     scene = S.scene_from_seed(s)
-    return scene, S.caption_for(scene, np.random.default_rng([s, 1]))
+    return scene, T.caption_for(scene, np.random.default_rng([s, 1]))
 
 
 def text_corpus(tokenizer, n_captions: int, n_instruct: int, n_questions: int, seed: int,

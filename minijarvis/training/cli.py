@@ -351,7 +351,7 @@ def _place(model: JarvisModel, tcfg: TrainConfig, info: DistInfo) -> None:
 
 def _synthetic(tcfg: TrainConfig, info: DistInfo) -> tuple[str, str]:
     """Built-in shapes data cached as a LLaVA folder (rank 0 writes, the others wait)."""
-    from minijarvis.data.shapes import write_llava_folder
+    from minijarvis.data.synthetic import write_llava_folder
     kind = "caption" if tcfg.stage == "align" else "instruct"
     folder = Path("runs") / "data" / f"shapes-{kind}-{tcfg.synthetic_size}-seed{tcfg.seed}"
     if info.rank == 0:
