@@ -195,12 +195,13 @@ def test_paired_differences_are_taken_seed_by_seed():
         per = {t: acc for t in ("Count", "Relation", "Depth", "Distance")}
         return dict(method=method, seed=seed, per_task=per, all=acc,
                     chance={"Count": 0.25, "Relation": 0.5, "Depth": 0.5, "Distance": 0.5})
-    # jarvis beats llava by exactly 0.1 on every seed although seeds differ by far more
-    results = [run("llava", 0, 0.3), run("llava", 1, 0.7), run("jarvis", 0, 0.4), run("jarvis", 1, 0.8)]
+    # jarvis beats llava by 0.10-0.12 on every seed although seeds differ by far more
+    results = [run("llava", 0, 0.3), run("llava", 1, 0.7), run("llava", 2, 0.5),
+               run("jarvis", 0, 0.4), run("jarvis", 1, 0.81), run("jarvis", 2, 0.62)]
     stats = R.aggregate(results, ["llava", "jarvis"])
-    assert stats["paired"]["jarvis"]["Depth"]["mean"] == pytest.approx(0.1)
-    assert stats["paired"]["jarvis"]["Depth"]["half"] == pytest.approx(0.0, abs=1e-12)
-    assert stats["table"]["jarvis"]["Depth"]["half"] > 1  # unpaired: the seeds' spread swamps it
+    assert stats["paired"]["jarvis"]["Depth"]["mean"] == pytest.approx(0.11)
+    assert stats["paired"]["jarvis"]["Depth"]["half"] == pytest.approx(4.303 * 0.01 / 3 ** 0.5)
+    assert stats["table"]["jarvis"]["Depth"]["half"] > 0.4  # unpaired: the seeds' spread swamps it
     assert any("better than llava" in line for line in R.verdicts(stats))
     assert stats["chance"]["all"] == pytest.approx(0.4375)
 
@@ -238,6 +239,17 @@ def test_a_planted_effect_is_found_with_its_sign_and_a_copy_of_llava_is_no_diffe
     assert all("(no difference shown)" in words[f"nomask - llava, {t}"] for t in R.COLUMNS)
     assert "(no difference shown)" in words["jarvis - llava, Relation"]
     assert "Minimum detectable effect" in R.markdown_table(stats)
+
+
+def test_the_same_difference_on_every_seed_is_not_claimed_as_an_effect():
+    """Accuracies come in steps of 1/n: two seeds can differ from llava by the same -2.5 points,
+    a 0-wide t-interval that 'excludes 0' without any evidence."""
+    results = [_result("llava", k, per) for k, per in enumerate(LLAVA[:2])]
+    results += [_result("jarvis", k, {**per, "Depth": per["Depth"] - 0.025}) for k, per in enumerate(LLAVA[:2])]
+    stats = R.aggregate(results, ["llava", "jarvis"])
+    assert stats["paired"]["jarvis"]["Depth"]["half"] == 0.0
+    line = next(v for v in R.verdicts(stats) if v.startswith("jarvis - llava, Depth"))
+    assert "worse than llava" not in line and "no effect claimed" in line, line
 
 
 def test_methods_are_placed_between_the_bounds_and_the_outputs_mark_them(tmp_path):

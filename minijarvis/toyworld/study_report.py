@@ -39,6 +39,7 @@ def t_interval(values: list[float]) -> dict:
     if n < 2:
         return dict(mean=mean, half=None, n=n)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    sd = 0.0 if sd < 1e-12 else sd  # equal values: exactly 0, not float dust
     t = T975[n - 2] if n - 1 <= len(T975) else 1.96
     return dict(mean=mean, half=t * sd / math.sqrt(n), n=n)
 
@@ -122,14 +123,14 @@ def verdicts(stats: dict) -> list[str]:
         for t, s in per.items():
             if s["half"] is None:
                 word = "one seed: no interval"
+            elif s["half"] == 0 and s["mean"] != 0:  # a degenerate interval is no evidence
+                word = "the same difference on every seed: the interval is 0 wide, no effect claimed"
             elif s["mean"] - s["half"] > 0:
                 word = "better than llava"
             elif s["mean"] + s["half"] < 0:
                 word = "worse than llava"
             else:
                 word = "no difference shown"
-            if s["half"] == 0 and s["mean"] != 0:
-                word += "; the same difference on every seed, so the interval is 0 wide"
             lines.append(f"{label(m)} - llava, {t}: {_fmt(s)} points ({word})")
     if stats["position"]:
         low, high = (next(m for m, r in stats["bounds"].items() if r == side) for side in ("lower", "upper"))
