@@ -384,3 +384,24 @@ def test_make_collate_text_only_batch_gets_zero_images(tok):
 def test_format_skips_lists_ids_and_reasons():
     line = format_skips([("a", "x"), ("b", "y"), ("c", "z")], limit=2)
     assert line == "skipped 3 records: 'a' (x); 'b' (y); and 1 more"
+
+
+def test_small_data_sets_tokenize_each_record_once_and_give_the_same_items(tok, folder, monkeypatch):
+    import minijarvis.data.llava as L
+    calls = []
+    real = L.encode_caption
+    monkeypatch.setattr(L, "encode_caption", lambda *a, **k: calls.append(1) or real(*a, **k))
+    records = [caption_record("a"), caption_record("b", caption="A blue cone.")]
+    ds = make_ds(records, folder, tok, stage="align")
+    first = [ds[i] for i in range(2)]
+    again = [ds[i] for i in range(2)]
+    assert len(calls) == 2, "each record's text is tokenized once"
+    for x, y in zip(first, again):
+        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
+        assert torch.equal(x["image"], y["image"])
+    assert first[0]["input_ids"].tolist() != first[1]["input_ids"].tolist()
+    monkeypatch.setattr(L, "TOKEN_CACHE_RECORDS", 1)  # a large data set keeps nothing
+    calls.clear()
+    big = make_ds(records, folder, tok, stage="align")
+    _ = [big[i] for i in (0, 1, 0, 1)]
+    assert len(calls) == 4 and torch.equal(big[1]["input_ids"], first[1]["input_ids"])

@@ -35,6 +35,8 @@ from minijarvis.data.text import (  # noqa: F401 (text -> ids lives in text.py; 
     encode_reply, encode_segments, image_token_id, stop_token_ids, truncate_spliced)
 from minijarvis.llm import IMAGE_TOKEN
 
+TOKEN_CACHE_RECORDS = 50_000  # data sets up to this size keep each record's token ids after a first load
+
 
 class Skip(NamedTuple):
     """What the dataset returns instead of an item for a bad record (when not strict)."""
@@ -163,6 +165,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.max_length, self.num_visual, self.plain_style = max_length, num_visual, plain_style
         self.blank_images = blank_images
         self.image_id = image_token_id(tokenizer)
+        # token ids per record, kept after the first load when the data set is small (the toy
+        # world's runs see each record many times; 50k records of ~500 ids is ~0.4 GB)
+        self._tokens = {} if len(self.records) <= TOKEN_CACHE_RECORDS else None
         self.valid, self.problems = [], []
         for i, record in enumerate(self.records):
             try:
@@ -189,14 +194,30 @@ class LlavaDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         i = self.valid[index]
         try:
-            return self._load(self.records[i], self.ids[i])
+            return self._load(i)
         except BadRecord as e:
             if self.strict:
                 raise BadRecord(e.record_id, e.reason + " (--strict stops here)", self.source) from None
             return Skip(e.record_id, e.reason)
 
-    def _load(self, record, rid: str) -> dict:
+    def _load(self, i: int) -> dict:
+        record, rid = self.records[i], self.ids[i]
         payload, path = _prepare(record, rid, self.stage, self.image_folder)
+        cached = None if self._tokens is None else self._tokens.get(i)
+        if cached is None:
+            cached = self._encode(payload, rid)
+            if self._tokens is not None:
+                self._tokens[i] = cached
+        ids, labels = cached
+        image = None if path is None else load_image(path, self.image_size, self.image_mean,
+                                                     self.aspect, record_id=rid)
+        if image is not None and self.blank_images:
+            image = blank_image(self.image_size, self.image_mean)
+        return dict(input_ids=torch.tensor(ids, dtype=torch.long),
+                    labels=torch.tensor(labels, dtype=torch.long), image=image, id=rid)
+
+    def _encode(self, payload, rid: str) -> tuple[list[int], list[int]]:
+        """Token ids and labels of one record's text, truncated around its image's slots."""
         try:  # _prepare's checks should leave nothing for these to refuse; if not: a bad record
             if self.stage == "align":
                 ids, labels = encode_caption(self.tokenizer, payload, self.plain_style)
@@ -205,16 +226,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         except ValueError as e:
             raise BadRecord(rid, str(e)) from None
         try:
-            ids, labels = truncate_spliced(ids, labels, self.max_length, self.num_visual,
-                                           self.image_id)
+            return truncate_spliced(ids, labels, self.max_length, self.num_visual, self.image_id)
         except ValueError as e:
             raise BadRecord(rid, str(e)) from None
-        image = None if path is None else load_image(path, self.image_size, self.image_mean,
-                                                     self.aspect, record_id=rid)
-        if image is not None and self.blank_images:
-            image = blank_image(self.image_size, self.image_mean)
-        return dict(input_ids=torch.tensor(ids, dtype=torch.long),
-                    labels=torch.tensor(labels, dtype=torch.long), image=image, id=rid)
 
 
 # ---------------------------------------------------------------- batches

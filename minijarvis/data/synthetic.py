@@ -167,13 +167,19 @@ class SyntheticLlava:
         return make(i % self.size, seed=self.seed, image_size=self.image_size)
 
 
-def write_llava_folder(out_dir, kind: str, n: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE) -> Path:
+def write_llava_folder(out_dir, kind: str, n: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+                       save_size: int | None = None) -> Path:
     """Write n records as LLaVA JSON (out_dir/<kind>.json) with PNGs under out_dir/images/, image paths
-    relative to out_dir. Cached: if out_dir/<kind>.meta.json says the same (n, seed, image_size) were
-    written, nothing is redone. Returns the JSON path."""
+    relative to out_dir. ``save_size``: store each image (rendered at ``image_size``) already fitted to
+    that square size, bicubic, exactly as ``data.images.load_image`` fits a square image for an
+    encoder of that size, so loading it is the same tensor and a cheaper decode (study.py). Cached:
+    if out_dir/<kind>.meta.json says the same (n, seed, sizes) were written, nothing is redone.
+    Returns the JSON path."""
     out = Path(out_dir)
     path, meta_path = out / f"{kind}.json", out / f"{kind}.meta.json"
     meta = {"kind": kind, "n": n, "seed": seed, "image_size": image_size}
+    if save_size is not None:
+        meta["save_size"] = save_size
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
         return path
     ds = SyntheticLlava(kind, n, seed, image_size)  # validates kind and n
@@ -182,8 +188,16 @@ def write_llava_folder(out_dir, kind: str, n: int, seed: int = 0, image_size: in
     for i in tqdm(range(n), desc=f"shapes {kind}", unit="img"):
         record, image = ds[i]
         if image is not None:
-            image.save(out / record["image"], compress_level=1)  # fast; PNG stays lossless
+            save_image(image, out / record["image"], save_size)
         records.append(record)
     path.write_text(json.dumps(records, indent=1))
     meta_path.write_text(json.dumps(meta))
     return path
+
+
+def save_image(image, path, size: int | None = None) -> None:
+    """PNG (fast compression, still lossless) of a square PIL image, first fitted to ``size`` x
+    ``size`` the way ``load_image`` fits it (bicubic) when ``size`` is given."""
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    image.save(path, compress_level=1)

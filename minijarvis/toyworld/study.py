@@ -31,13 +31,16 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minijarvis.config import METHODS
-from minijarvis.data.synthetic import write_llava_folder
+from minijarvis.config import ENCODERS, METHODS
+from minijarvis.data.synthetic import save_image, write_llava_folder
 from minijarvis.errors import InputError, read_json
 from minijarvis.evaluation.shapesbench import TASKS, bench_item
 
 VQA_SEED = 5000  # user seed of the stage-2 vision-centric questions: never the bench's seed 0
 DONE = "done.json"
+# The study's images are stored already fitted to the tiny encoders' input (the same tensors as
+# fitting the 224 px renders at load time, and a cheaper decode at every step).
+IMAGE_SIZE = ENCODERS["tiny-clip"][1]["img_size"]
 
 # The bounds: row name -> "lower" / "upper"; both are llava plus the flags below.
 BOUNDS = {"llava-blank": "lower", "llava-expert": "upper"}
@@ -69,7 +72,7 @@ DEFAULT = StudySize(synthetic_size=512, vqa_per_task=64, align_steps=96, finetun
 # ---------------------------------------------------------------- data
 def stage1_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     """Stage-1 captions of one seed: train.py's built-in data, written once per folder."""
-    return str(write_llava_folder(folder, "caption", size.synthetic_size, seed=seed)), str(folder)
+    return str(write_llava_folder(folder, "caption", size.synthetic_size, seed=seed, save_size=IMAGE_SIZE)), str(folder)
 
 
 def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
@@ -80,12 +83,13 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     path = folder / "study.json"
     if path.exists():
         return str(path), str(folder)
-    records = json.loads(write_llava_folder(folder, "instruct", size.synthetic_size, seed=seed).read_text())
+    records = json.loads(write_llava_folder(folder, "instruct", size.synthetic_size, seed=seed,
+                                            save_size=IMAGE_SIZE).read_text())
     for task in TASKS:
         for i in range(size.vqa_per_task):
             item = bench_item(task, i, VQA_SEED + seed)
             rel = f"images/vqa-{task.lower()}-{i:05d}.png"
-            item["image"].save(folder / rel, compress_level=1)
+            save_image(item["image"], folder / rel, IMAGE_SIZE)
             records.append({"id": f"study-vqa-{task.lower()}-{i:05d}", "image": rel, "conversations": [
                 {"from": "human", "value": "<image>\n" + item["prompt"]},
                 {"from": "gpt", "value": item["choices"][item["answer_index"]]}]})
