@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from minijarvis.data.shapes import COLORS, make_scene, render, sample_scene, scene_from_seed, scene_seed
@@ -271,3 +272,27 @@ def test_invalid_inputs_raise_value_error():
         bench_seed("Counting", 0)
     with pytest.raises(ValueError, match="kind"):
         write_llava_folder("/nonexistent/never", "captions", n=1)
+
+
+def test_images_saved_at_the_encoder_size_load_as_the_same_tensor(tmp_path):
+    from minijarvis.data.images import load_image
+    from minijarvis.data.synthetic import save_image
+    scene_image = render(scene_from_seed(3))  # 224 px, as the benchmark renders
+    save_image(scene_image, tmp_path / "small.png", 96)
+    assert Image.open(tmp_path / "small.png").size == (96, 96)
+    for aspect in ("pad", "crop", "resize"):
+        want = load_image(scene_image, 96, (0.5, 0.5, 0.5), aspect)
+        assert torch.equal(load_image(tmp_path / "small.png", 96, (0.5, 0.5, 0.5), aspect), want), aspect
+    path = write_llava_folder(tmp_path / "f", "caption", n=3, seed=1, save_size=48)
+    assert Image.open(tmp_path / "f" / json.loads(path.read_text())[0]["image"]).size == (48, 48)
+
+
+def test_bench_items_with_max_objects_are_small_scenes_and_the_default_is_untouched():
+    for task in TASKS:
+        for i in range(8):
+            small = bench_item(task, i, seed=9, render_image=False, max_objects=3)
+            assert (3 if task == "Distance" else 1) <= len(small["scene"].objects) <= 3
+            default = bench_item(task, i, seed=9, render_image=False)
+            assert default == bench_item(task, i, seed=9, render_image=False, max_objects=None)
+    with pytest.raises(ValueError, match="max_objects"):
+        bench_item("Count", 0, max_objects=2)

@@ -59,19 +59,21 @@ def _distance(a, b) -> float:
     return math.hypot(a.x - b.x, a.z - b.z)  # all objects stand on the ground with equal heights
 
 
-def _count(rng: np.random.Generator, answer: int):
+def _count(rng: np.random.Generator, answer: int, max_objects: int | None = None):
     """A scene with c objects of one kind (or colour) among distractors; choices are 4 consecutive counts
-    containing c, at a random offset, with c at `answer` and the others shuffled around it."""
-    n_extra = lambda c: int(rng.integers(int(c == 1), min(2, 6 - c) + 1))  # noqa: E731  2-6 objects in all
+    containing c, at a random offset, with c at `answer` and the others shuffled around it. With
+    ``max_objects``: c and the distractors together are at most that many."""
+    cap = 6 if max_objects is None else max_objects
+    n_extra = lambda c: int(rng.integers(int(c == 1), min(2, cap - c) + 1))  # noqa: E731  2-6 objects in all
     if rng.random() < 0.6:
         kind = KINDS[rng.integers(len(KINDS))]
-        c = int(rng.integers(1, 6))  # unique colour+kind names allow up to len(COLORS) objects of one kind
+        c = int(rng.integers(1, min(6, cap)))  # unique colour+kind names allow up to len(COLORS) objects of one kind
         others = [k for k in KINDS if k != kind]
         target, question = (kind, None), f"How many {kind}s are in the image?"
         extra = [(others[rng.integers(len(others))], None) for _ in range(n_extra(c))]
     else:
         color = list(COLORS)[rng.integers(len(COLORS))]
-        c = int(rng.integers(1, len(KINDS) + 1))
+        c = int(rng.integers(1, min(len(KINDS) + 1, cap)))
         others = [k for k in COLORS if k != color]
         target, question = (None, color), f"How many {color} objects are in the image?"
         extra = [(None, others[rng.integers(len(others))]) for _ in range(n_extra(c))]
@@ -81,11 +83,18 @@ def _count(rng: np.random.Generator, answer: int):
     return scene, question, rest[:answer] + [str(c)] + rest[answer:]
 
 
-def _relation(rng: np.random.Generator, answer: int, horizontal: bool):
+def _scene(rng: np.random.Generator, max_objects: int | None, least: int = 2):
+    """sample_scene's 2-5 objects, or ``least`` to ``max_objects`` of them (the same draws when None)."""
+    if max_objects is None:
+        return sample_scene(rng) if least == 2 else sample_scene(rng, n_objects=int(rng.integers(least, 6)))
+    return sample_scene(rng, n_objects=int(rng.integers(least, max(least, max_objects) + 1)))
+
+
+def _relation(rng: np.random.Generator, answer: int, horizontal: bool, max_objects: int | None = None):
     choices = ["left", "right"] if horizontal else ["above", "below"]
     axis, sign = (0 if horizontal else 1), (-1 if answer == 0 else 1)  # left/above: smaller u/v
     while True:
-        scene = sample_scene(rng)
+        scene = _scene(rng, max_objects)
         pairs = [(a, b) for a in scene.objects for b in scene.objects
                  if sign * (a.center[axis] - b.center[axis]) >= RELATION_MARGIN]
         if pairs:
@@ -94,9 +103,9 @@ def _relation(rng: np.random.Generator, answer: int, horizontal: bool):
                            f"provided, where is the {a.name} located with respect to the {b.name}?"), choices
 
 
-def _depth(rng: np.random.Generator, answer: int):
+def _depth(rng: np.random.Generator, answer: int, max_objects: int | None = None):
     while True:
-        scene = sample_scene(rng)
+        scene = _scene(rng, max_objects)
         pairs = [(a, b) for a in scene.objects for b in scene.objects if b.z / a.z >= DEPTH_RATIO]
         if pairs:
             near, far = pairs[rng.integers(len(pairs))]
@@ -105,9 +114,9 @@ def _depth(rng: np.random.Generator, answer: int):
                            f"or the {choices[1]}?"), choices
 
 
-def _distance_task(rng: np.random.Generator, answer: int):
+def _distance_task(rng: np.random.Generator, answer: int, max_objects: int | None = None):
     while True:
-        scene = sample_scene(rng, n_objects=int(rng.integers(3, 6)))
+        scene = _scene(rng, max_objects, least=3)
         objs = scene.objects
         triples = [(r, a, b) for r in objs for a in objs for b in objs if len({r, a, b}) == 3
                    and _distance(b, r) >= DISTANCE_RATIO * _distance(a, r)]
@@ -119,22 +128,26 @@ def _distance_task(rng: np.random.Generator, answer: int):
 
 
 def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
-               render_image: bool = True) -> dict:
+               render_image: bool = True, max_objects: int | None = None) -> dict:
     """Item `index` of `task`, deterministic per (task, index, seed). Keys: id, task, type, question,
     choices, answer_index (int), answer ("(B)"), prompt, seed (of the item's generator), scene (Scene),
-    source, and image (PIL RGB; absent when render_image=False -- use render(item["scene"], size))."""
+    source, and image (PIL RGB; absent when render_image=False -- use render(item["scene"], size)).
+    ``max_objects`` (training questions only, never the benchmark): scenes of at most that many
+    objects (Distance: at least 3), the easy end of a curriculum."""
+    if max_objects is not None and not 3 <= max_objects <= 5:
+        raise ValueError(f"max_objects must be None or 3 to 5, got {max_objects}")
     item_seed = bench_seed(task, index, seed)
     rng = np.random.default_rng(item_seed)
     n_choices = 4 if task == "Count" else 2
     answer = index % n_choices  # round-robin: letters are balanced by construction
     if task == "Count":
-        scene, question, choices = _count(rng, answer)
+        scene, question, choices = _count(rng, answer, max_objects)
     elif task == "Relation":
-        scene, question, choices = _relation(rng, answer, horizontal=(index // 2) % 2 == 0)
+        scene, question, choices = _relation(rng, answer, (index // 2) % 2 == 0, max_objects)
     elif task == "Depth":
-        scene, question, choices = _depth(rng, answer)
+        scene, question, choices = _depth(rng, answer, max_objects)
     else:
-        scene, question, choices = _distance_task(rng, answer)
+        scene, question, choices = _distance_task(rng, answer, max_objects)
     item = {"id": f"shapesbench-{task.lower()}-{index:05d}", "task": task, "type": TASK_TYPE[task],
             "question": question, "choices": choices, "answer_index": answer, "answer": f"({LETTERS[answer]})",
             "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "source": "ShapesBench"}
