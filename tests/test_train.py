@@ -236,3 +236,11 @@ def test_bad_image_and_context_flags_exit_2_naming_the_flag(argv, words, capsys)
     with pytest.raises(SystemExit) as e:
         parse_args(argv)
     assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_mask_min_keep_flag_reaches_the_sampler_and_a_grid_too_small_for_it_is_a_usage_error():
+    from minijarvis.errors import UsageError
+    assert train.main(["--random-init", "--mask-min-keep", "3", "--max-steps", "1", *FAST, "--output-dir", "o"]) == 0
+    assert json.loads(Path("o/config.json").read_text())["mask"]["mask_min_keep"] == 3
+    with pytest.raises(UsageError, match=r"min_keep=40.*Use min_keep <= 19"):
+        train.main(["--random-init", "--mask-min-keep", "40", "--max-steps", "1", *FAST, "--output-dir", "p"])

@@ -40,7 +40,7 @@ def _run_flags(configs: dict) -> dict:
         random_init=not (model.llm_pretrained or model.ctx_pretrained or model.tgt_pretrained),
         bidirectional_visual="on" if model.resolved_bidirectional_visual() else "off",
         keep_dropped_slots=not model.skip_dropped, mask_clean=not mask.mask_faithful,
-        paper_context_aspect=tuple(mask.mask_context_aspect) != (1.0, 1.0))
+        paper_context_aspect=tuple(mask.mask_context_aspect) != (1.0, 1.0), mask_min_keep=mask.mask_min_keep)
     return flags
 
 
