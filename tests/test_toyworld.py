@@ -137,3 +137,15 @@ def test_build_cli_rejects_bad_values_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def test_rebuilding_only_the_encoders_keeps_the_llm_and_its_record(tmp_path):
+    build(tmp_path, "small", seed=0)
+    llm = {f.name: f.read_bytes() for f in (tmp_path / FILES["llm"]).iterdir()}
+    first = json.loads((tmp_path / FILES["meta"]).read_text())
+    meta = build(tmp_path, "small", seed=1, parts="encoders")
+    assert {f.name: f.read_bytes() for f in (tmp_path / FILES["llm"]).iterdir()} == llm
+    assert meta["metrics"]["llm"] == first["metrics"]["llm"]
+    assert load_file(str(tmp_path / FILES["expert"])) is not None
+    with pytest.raises(ValueError, match="build all parts first"):
+        build(tmp_path / "empty", "small", parts="encoders")

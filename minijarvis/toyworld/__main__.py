@@ -1,4 +1,4 @@
-"""python -m minijarvis.toyworld build [--out DIR] [--size small|full] [--seed N] [--threads N]"""
+"""python -m minijarvis.toyworld build [--out DIR] [--size small|full] [--parts all|encoders] [--seed N] [--threads N]"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ import torch
 
 from minijarvis.config import TOY_ASSETS
 from minijarvis.errors import HelpFormatter, add_debug_flag, nonnegative_int, positive_int, run_main
-from minijarvis.toyworld.build import SIZES, build
+from minijarvis.toyworld.build import PARTS, SIZES, build
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,6 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("command", choices=("build",), help="what to do")
     p.add_argument("--out", default=str(TOY_ASSETS), help="output folder (the default is what the tiny preset loads)")
     p.add_argument("--size", choices=tuple(SIZES), default="full", help="small: seconds, for tests; full: the shipped parts")
+    p.add_argument("--parts", choices=PARTS, default="all",
+                   help="encoders: keep OUT's LLM, train the caption encoder and the expert only")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seeds data, initialisation and batches")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (results are seeded per thread count)")
     add_debug_flag(p)
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    meta = build(args.out, args.size, args.seed)
+    meta = build(args.out, args.size, args.seed, args.parts)
     print(json.dumps(meta["metrics"], indent=1))
     print(f"built the toy parts ({args.size}, seed {args.seed}) in {time.perf_counter() - start:.0f} s: {args.out}")
     return 0
