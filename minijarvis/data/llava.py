@@ -166,7 +166,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.blank_images = blank_images
         self.image_id = image_token_id(tokenizer)
         # token ids per record, kept after the first load when the data set is small (the toy
-        # world's runs see each record many times; 50k records of ~500 ids is ~0.4 GB)
+        # world's runs see each record many times; 50k records of ~500 int64 ids and labels: ~0.4 GB)
         self._tokens = {} if len(self.records) <= TOKEN_CACHE_RECORDS else None
         self.valid, self.problems = [], []
         for i, record in enumerate(self.records):
@@ -205,16 +205,15 @@ class LlavaDataset(torch.utils.data.Dataset):
         payload, path = _prepare(record, rid, self.stage, self.image_folder)
         cached = None if self._tokens is None else self._tokens.get(i)
         if cached is None:
-            cached = self._encode(payload, rid)
+            cached = tuple(torch.tensor(x, dtype=torch.long) for x in self._encode(payload, rid))
             if self._tokens is not None:
                 self._tokens[i] = cached
-        ids, labels = cached
+        ids, labels = cached  # shared with the cache: collate copies them into the batch
         image = None if path is None else load_image(path, self.image_size, self.image_mean,
                                                      self.aspect, record_id=rid)
         if image is not None and self.blank_images:
             image = blank_image(self.image_size, self.image_mean)
-        return dict(input_ids=torch.tensor(ids, dtype=torch.long),
-                    labels=torch.tensor(labels, dtype=torch.long), image=image, id=rid)
+        return dict(input_ids=ids, labels=labels, image=image, id=rid)
 
     def _encode(self, payload, rid: str) -> tuple[list[int], list[int]]:
         """Token ids and labels of one record's text, truncated around its image's slots."""
