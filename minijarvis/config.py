@@ -128,7 +128,7 @@ class MaskConfig:
     mask_target_aspect: tuple[float, float] = (0.75, 1.5)
     mask_context_scale: tuple[float, float] = (0.85, 1.0)
     mask_context_aspect: tuple[float, float] = (1.0, 1.0)  # paper's text: (0.75, 1.5)
-    mask_min_keep: int = 10
+    mask_min_keep: int | None = None  # None: the release's 10, lowered on a grid too small for it (tiny: 3)
     mask_faithful: bool = True  # False: the clean sampler without the release's quirks
 
     def sampler_kwargs(self) -> dict:
@@ -228,11 +228,11 @@ ENCODERS = {
     "clip-l-336": ("vit_large_patch14_clip_quickgelu_336.openai", {}),  # OpenAI CLIP runs QuickGELU
     "siglip2-so400m-384": ("vit_so400m_patch14_siglip_378.v2_webli", {}),
     "dinov2-l": ("vit_large_patch14_dinov2.lvd142m", {}),
-    # Tiny encoders for offline runs: 12x12 grids at 192 px, two blocks, width 64 (weights: the
+    # Tiny encoders for offline runs: 6x6 grids at 96 px, two blocks, width 64 (weights: the
     # toy world's, see preset("tiny"), or random).
-    "tiny-clip": ("vit_base_patch16_clip_224", dict(img_size=192, depth=2, embed_dim=64, num_heads=2)),
+    "tiny-clip": ("vit_base_patch16_clip_224", dict(img_size=96, depth=2, embed_dim=64, num_heads=2)),
     "tiny-dinov2": ("vit_small_patch14_reg4_dinov2",
-                    dict(img_size=192, patch_size=16, depth=2, embed_dim=64, num_heads=2)),
+                    dict(img_size=96, patch_size=16, depth=2, embed_dim=64, num_heads=2)),
 }
 
 PRESETS = ("tiny",) + tuple(_LLM_HUB)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 MAX_TRIES = 20  # context draws per sample before the constraint is relaxed (release: 20)
+RELEASE_MIN_KEEP = 10  # every block holds more tokens than this (release; min_keep=None lowers it on small grids)
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,12 +169,14 @@ class MaskSampler:
 
     def __init__(self, grid, num_targets=4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
                  context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0), min_keep=10, faithful=True):
+        """``min_keep=None``: the release's 10, or, on a grid too small for it, one less than the
+        smallest block the grid allows (the tiny preset's 6x6 grid: 3)."""
         if len(grid) != 2 or any(not isinstance(g, int) or g < 1 for g in grid):
             raise ValueError(f"grid must be two ints (H, W) >= 1, got {grid}")
         if not isinstance(num_targets, int) or num_targets < 1:
             raise ValueError(f"num_targets must be an int >= 1, got {num_targets}")
-        if not isinstance(min_keep, int) or min_keep < 0:
-            raise ValueError(f"min_keep must be an int >= 0, got {min_keep}")
+        if min_keep is not None and (not isinstance(min_keep, int) or min_keep < 0):
+            raise ValueError(f"min_keep must be None or an int >= 0, got {min_keep}")
         _check_range("target_scale", target_scale, 1.0)
         _check_range("context_scale", context_scale, 1.0)
         _check_range("target_aspect", target_aspect)
@@ -182,16 +185,21 @@ class MaskSampler:
         self.target_scale, self.target_aspect = tuple(target_scale), tuple(target_aspect)
         self.context_scale, self.context_aspect = tuple(context_scale), tuple(context_aspect)
         H, W = self.grid
-        for name, sc, ar in (("target", target_scale, target_aspect), ("context", context_scale, context_aspect)):
+        blocks = (("target", target_scale, target_aspect), ("context", context_scale, context_aspect))
+        smallest = {}
+        for name, sc, ar in blocks:
             sizes = _attainable_sizes(sc, ar, self.grid, faithful)
             if min(min(hw) for hw in sizes) == 0:
                 raise ValueError(f"grid {H}x{W} is too small for a {name} block with scale {sc}: "
                                  f"n = int(H*W*scale) or the shrunk h/w reaches 0; use a larger grid or scale")
-            smallest = min(h * w for h, w in sizes)
-            if smallest <= min_keep:  # the release would re-draw this block forever
+            smallest[name] = min(h * w for h, w in sizes)
+        if min_keep is None:
+            min_keep = self.min_keep = min(RELEASE_MIN_KEEP, min(smallest.values()) - 1)
+        for name, sc, ar in blocks:
+            if smallest[name] <= min_keep:  # the release would re-draw this block forever
                 raise ValueError(f"min_keep={min_keep}, but the smallest {name} block that scale {sc} and aspect "
-                                 f"{ar} can give on a {H}x{W} grid holds {smallest} tokens; every block must hold "
-                                 f"more than min_keep tokens. Use min_keep <= {smallest - 1} or a larger scale.")
+                                 f"{ar} can give on a {H}x{W} grid holds {smallest[name]} tokens; every block must "
+                                 f"hold more than min_keep tokens. Use min_keep <= {smallest[name] - 1} or a larger scale.")
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> MaskLayout:
         """Sample a layout: context bool [B, H*W], targets bool [B, num_targets, H*W].

@@ -123,7 +123,7 @@ def test_an_unusable_file_is_one_line_naming_it_and_exit_1(case, tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--max-length", "100"], "--max-length 100"),  # the tiny model's image alone takes 144 slots
+    (["--max-length", "30"], "--max-length 30"),  # the tiny model's image alone takes 36 slots
     (["--jepa-layer", "9"], "--jepa-layer"),  # the tiny LLM has 4 layers
     (["--synthetic-size", "2"], "--batch-size"),  # 2 records cannot fill a batch of 8
     (["--llm", "./plain_folder", "--random-init"], "--random-init"),

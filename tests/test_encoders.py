@@ -16,7 +16,7 @@ from minijarvis.targets import build_target_encoder
 _SMALL = dict(depth=2, embed_dim=64, num_heads=2)
 
 
-def _images(batch=2, size=192, seed=0):
+def _images(batch=2, size=96, seed=0):
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -76,7 +76,7 @@ def test_prefix_tokens_are_dropped_for_cls_and_registers(preset_name, prefix):
         enc = VisionEncoder(name, layer=layer, norm=norm, **kwargs)
         out = enc(_images())
         assert enc.num_prefix_tokens == prefix, "num_prefix_tokens must count CLS + registers"
-        assert out.shape == (2, 12 * 12, 64), f"layer {layer}: tokens must be exactly the H*W patches"
+        assert out.shape == (2, 6 * 6, 64), f"layer {layer}: tokens must be exactly the H*W patches"
 
 
 # SigLIP2-So400M/14 with two narrow blocks: the real patch, resolution and grid, no prefix token.
@@ -140,7 +140,7 @@ def test_target_features_are_final_norm_of_last_block():
 
 def test_each_encoder_normalises_with_its_own_mean_and_std():
     ctx, tgt = _tiny_pair()
-    image = torch.full((1, 3, 192, 192), 0.5)
+    image = torch.full((1, 3, 96, 96), 0.5)
     for enc in (ctx, tgt):
         seen = []
         handle = _capture(enc.model.patch_embed, seen, pre=True)
@@ -240,7 +240,7 @@ def test_weights_file_for_another_architecture_raises(tmp_path):
 
 def test_wrong_image_shape_raises():
     ctx, _ = _tiny_pair()
-    with pytest.raises(ValueError, match="192"):
+    with pytest.raises(ValueError, match="96"):
         ctx(_images(size=224))
 
 
@@ -248,7 +248,7 @@ def test_target_img_size_conflicting_with_context_resolution_raises():
     cfg = _tiny_cfg()
     cfg.tgt_kwargs = dict(cfg.tgt_kwargs, img_size=224)
     with pytest.raises(ValueError, match="context resolution"):
-        build_target_encoder(cfg, 192, (12, 12))
+        build_target_encoder(cfg, 96, (6, 6))
 
 
 @pytest.mark.parametrize("layer", [2, -3])
@@ -260,9 +260,9 @@ def test_layer_outside_the_blocks_raises(layer):
 
 def test_tiny_presets_attributes():
     ctx, tgt = _tiny_pair()
-    assert (ctx.image_size, ctx.grid, ctx.dim, ctx.num_prefix_tokens) == (192, (12, 12), 64, 1)
+    assert (ctx.image_size, ctx.grid, ctx.dim, ctx.num_prefix_tokens) == (96, (6, 6), 64, 1)
     assert (tgt.image_size, tgt.grid, tgt.native_grid, tgt.dim, tgt.num_prefix_tokens) == \
-        (192, (12, 12), (12, 12), 64, 5)
+        (96, (6, 6), (6, 6), 64, 5)
     assert ctx.name == ENCODERS["tiny-clip"][0] and tgt.name == ENCODERS["tiny-dinov2"][0]
 
 

@@ -52,7 +52,7 @@ def _with_final_norm(target):
     seen = []
     handle = target.model.norm.register_forward_hook(lambda m, a, out: seen.append(out))
     try:
-        return target(_images()), seen[0]
+        return target(_images(size=target.image_size)), seen[0]
     finally:
         handle.remove()
 
@@ -78,7 +78,7 @@ def test_pooled_rule_is_the_projected_embedding_at_the_targets_own_resolution():
 
 
 def test_jarvis_target_preset_is_last_block_normed():
-    target = _build("tiny-dinov2")
+    target = _build("tiny-dinov2", size=96, grid=(6, 6))  # F_tgt runs at the context's 96 px
     out, normed = _with_final_norm(target)
     assert target.spec.blocks == (-1,) and target.spec.name == "dino"
     assert torch.allclose(out, normed[:, 5:], atol=1e-6)

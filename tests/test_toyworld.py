@@ -18,7 +18,7 @@ from minijarvis.encoders import VisionEncoder
 from minijarvis.llm import build_tokenizer
 from minijarvis.toyworld import parts as P
 from minijarvis.toyworld.build import FILES, HELD_OUT, build
-from minijarvis.toyworld.world import depth_grid, scene_tensors, text_corpus
+from minijarvis.toyworld.world import WORLD_SEED, caption_text, depth_grid, scene_tensors, text_corpus
 
 HELD = 1 << 31  # held-out indices, away from the build's training and measurement indices
 
@@ -111,11 +111,55 @@ def test_expert_features_predict_depth_better_than_random_and_caption_features()
 
 def test_depth_grid_puts_near_objects_low_and_sky_far():
     from minijarvis.data.shapes import make_scene
-    log_depth, occupied = depth_grid(make_scene([("cube", "red", 0.0, 3.0)]), 12)
+    log_depth, occupied, share = depth_grid(make_scene([("cube", "red", 0.0, 3.0)]), 12)
     assert log_depth[0].min() == pytest.approx(torch.tensor(30.0).log().item(), abs=1e-5)  # sky row
     centre = occupied.argmax()
     assert occupied.max() == 1.0 and log_depth.flat[centre] == pytest.approx(float(torch.tensor(3.0).log()), abs=1e-5)
     assert log_depth[-1].max() < log_depth[6].min()  # the ground nears the camera downwards
+    assert share.shape == (1, 144) and share[0] == pytest.approx(occupied.reshape(-1))  # one object: all of it
+
+
+def test_share_gives_each_patch_to_the_nearest_object_and_phrases_name_them():
+    from minijarvis.data.shapes import make_scene
+    from minijarvis.toyworld.world import PHRASES
+    scene = make_scene([("cube", "red", 0.0, 6.0), ("sphere", "blue", 0.1, 3.0)])  # the sphere hides the cube
+    _, occupied, share = depth_grid(scene, 6)
+    assert share.sum(0) == pytest.approx(occupied.reshape(-1), abs=1e-6)  # every covered pixel has one owner
+    assert share[1].sum() > share[0].sum()  # the near sphere is bigger and in front
+    data = scene_tensors(3, seed=0, offset=HELD)
+    n = data["count"]
+    assert data["share"].shape == (3, 5, 36) and data["phrase"].shape == (3, 5)
+    for i in range(3):  # phrases for the scene's objects, -1 past them
+        assert (data["phrase"][i, :n[i]] >= 0).all() and (data["phrase"][i, n[i]:] == -1).all()
+    scene = caption_text(HELD, WORLD_SEED)[0]  # scene_tensors' first scene
+    assert [PHRASES[k] for k in data["phrase"][0, :n[0]].tolist()] == [o.name for o in scene.objects]
+
+
+def test_region_loss_is_low_when_pooled_tokens_name_their_objects():
+    tokens = torch.zeros(1, 4, 3)
+    tokens[0, :2, 0], tokens[0, 2:, 1] = 1.0, 1.0  # patches 0-1: object A's feature; 2-3: B's
+    share = torch.tensor([[[1.0, 1.0, 0, 0], [0, 0, 1.0, 0.5], [0, 0, 0, 0]]])
+    phrase = torch.tensor([[0, 1, -1]])  # the third slot holds no object
+    pooled = P.pool_regions(tokens, share)
+    assert pooled[0, 0].tolist() == [1, 0, 0] and pooled[0, 1].tolist() == [0, 1, 0] and pooled[0, 2].abs().sum() == 0
+    right = P.region_loss(10 * pooled[..., :2], phrase)
+    wrong = P.region_loss(10 * pooled[..., [1, 0]], phrase)
+    assert right < 1e-3 < 5 < wrong
+
+
+def test_fixed_position_codes_do_not_train_and_tell_columns_apart():
+    vit = P.new_vit("tiny-clip")
+    P.fix_position_codes(vit)
+    assert not vit.pos_embed.requires_grad and vit.pos_embed[0, 0].abs().sum() == 0  # CLS slot
+    codes = vit.pos_embed[0, 1:]
+    assert torch.cdist(codes, codes).add(torch.eye(len(codes)) * 1e3).min() > 0.1  # 36 distinct codes
+
+
+def test_expert_counts_objects_better_than_the_caption_encoder():
+    data = scene_tensors(200, seed=0, offset=HELD + 1000)  # 100 to fit the probe, 100 to score it
+    acc = {label: P.count_probe_acc(_encoder(key, file, feat)(data["images"]), data["count"]) for label, key, file, feat in (
+        ("expert", "tiny-dinov2", TOY_EXPERT, "last"), ("caption", "tiny-clip", TOY_CAPTION_ENCODER, "penultimate"))}
+    assert acc["expert"] > acc["caption"], acc
 
 
 def test_small_build_runs_writes_every_file_and_is_reproducible(tmp_path):

@@ -242,5 +242,5 @@ def test_mask_min_keep_flag_reaches_the_sampler_and_a_grid_too_small_for_it_is_a
     from minijarvis.errors import UsageError
     assert train.main(["--random-init", "--mask-min-keep", "3", "--max-steps", "1", *FAST, "--output-dir", "o"]) == 0
     assert json.loads(Path("o/config.json").read_text())["mask"]["mask_min_keep"] == 3
-    with pytest.raises(UsageError, match=r"min_keep=40.*Use min_keep <= 19"):
+    with pytest.raises(UsageError, match=r"min_keep=40.*Use min_keep <= 3"):
         train.main(["--random-init", "--mask-min-keep", "40", "--max-steps", "1", *FAST, "--output-dir", "p"])

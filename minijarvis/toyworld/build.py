@@ -27,7 +27,7 @@ from minijarvis.config import ENCODERS, preset
 from minijarvis.encoders import VisionEncoder
 from minijarvis.llm import build_tokenizer
 from minijarvis.toyworld import parts as P
-from minijarvis.toyworld.world import scene_tensors, text_corpus
+from minijarvis.toyworld.world import PHRASES, scene_tensors, text_corpus
 
 PARTS = ("all", "encoders")
 HELD_OUT = 1 << 30  # index offset of held-out text and scenes (never trained on)
@@ -52,8 +52,8 @@ class BuildSize:
 SIZES = {
     "small": BuildSize(captions=16, conversations=16, questions=2, scenes=16, held_out=8,
                        llm_steps=6, llm_batch=4, encoder_steps=3, batch=8),
-    "full": BuildSize(captions=1500, conversations=1500, questions=100, scenes=1200, held_out=160,
-                      llm_steps=600, llm_batch=8, encoder_steps=300, batch=32),
+    "full": BuildSize(captions=1500, conversations=1500, questions=100, scenes=2000, held_out=200,
+                      llm_steps=600, llm_batch=8, encoder_steps=600, batch=32),
 }
 
 
@@ -78,14 +78,16 @@ def _build_llm(out: Path, size: BuildSize, seed: int, tok) -> dict:
 
 
 def _build_caption_encoder(out: Path, size: BuildSize, seed: int, tok, data: dict) -> dict:
-    rows = P.encode_texts(tok, data["captions"])
+    rows, phrase_rows = P.encode_texts(tok, data["captions"]), P.encode_texts(tok, list(PHRASES))
     torch.manual_seed(seed + 1)
     vit = P.new_vit("tiny-clip")
+    P.fix_position_codes(vit)
     heads = P.CaptionHeads(len(tok), vit.num_features)
     images = data["images"]
 
     def loss(v, h, idx):
-        return P.clip_loss(h.image(v, images[idx]), h.text([rows[i] for i in idx]), h.logit_scale)
+        return P.caption_loss(h, v, images[idx], [rows[i] for i in idx], phrase_rows,
+                              data["share"][idx], data["phrase"][idx])
 
     losses = P.train_encoder(vit, heads, loss, size.scenes, size.encoder_steps, size.batch, seed + 1,
                              desc="toy CLIP")
@@ -97,7 +99,8 @@ def _build_caption_encoder(out: Path, size: BuildSize, seed: int, tok, data: dic
 def _build_expert(out: Path, size: BuildSize, seed: int, data: dict) -> dict:
     torch.manual_seed(seed + 2)
     vit = P.new_vit("tiny-dinov2")
-    heads = P.ExpertHeads(vit.num_features)
+    P.fix_position_codes(vit)
+    heads = P.ExpertHeads(vit.num_features, phrases=len(PHRASES))
     logd = data["log_depth"][:size.scenes]
     stats = (float(logd.mean()), float(logd.std()))
     images = data["images"]
@@ -128,7 +131,7 @@ def measure_encoders(out: Path, held: dict, tok, seed: int) -> dict:
     result = dict(retrieval_top1_of_8=round(P.retrieval_top1(heads.image(clip.eval(), images), heads.text(rows)), 4),
                   retrieval_random_twin=round(P.retrieval_top1(twin_heads.image(twin.eval(), images),
                                                                twin_heads.text(rows)), 4))
-    probes = {}
+    probes, counts = {}, {}
     for label, key, file, features in (("expert", "tiny-dinov2", "expert", "last"),
                                        ("caption_encoder", "tiny-clip", "caption_encoder", "penultimate"),
                                        ("random_expert", "tiny-dinov2", None, "last"),
@@ -137,8 +140,10 @@ def measure_encoders(out: Path, held: dict, tok, seed: int) -> dict:
         weights = str(out / FILES[file]) if file else ""
         enc = VisionEncoder(name, weights=weights, layer=-1 if features == "last" else -2,
                             norm=features == "last", **kwargs)
-        probes[label] = round(P.depth_probe_r2(enc(images), depth), 4)
-    result["depth_probe_r2"] = probes
+        features = enc(images)
+        probes[label] = round(P.depth_probe_r2(features, depth), 4)
+        counts[label] = round(P.count_probe_acc(features, held["count"]), 4)
+    result["depth_probe_r2"], result["count_probe_accuracy"] = probes, counts
     return result
 
 
@@ -152,7 +157,7 @@ def encoder_geometry(key: str = "tiny-clip") -> tuple[int, int]:
 def build(out, size: str = "full", seed: int = 0, parts: str = "all") -> dict:
     """Train the LLM, the caption encoder and the expert; write them (and build.json) to ``out``.
     ``parts="encoders"`` keeps the LLM already in ``out`` (and its build.json entries) and
-    trains the two encoders only (minutes instead of ten). Returns build.json's content."""
+    trains the two encoders only. Returns build.json's content."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}; got {size!r}")
     if parts not in PARTS:
@@ -167,7 +172,7 @@ def build(out, size: str = "full", seed: int = 0, parts: str = "all") -> dict:
     else:
         old = out / FILES["meta"]
         if not (out / FILES["llm"]).is_dir() or not old.exists():
-            raise ValueError(f"parts='encoders' keeps the LLM in {out}, but it has no {FILES['llm']}/ "
+            raise ValueError(f"--parts encoders keeps the LLM in {out}, but it has no {FILES['llm']}/ "
                              f"or no {FILES['meta']}: build all parts first")
         previous = json.loads(old.read_text())
         metrics["llm"], seconds["llm"] = previous["metrics"]["llm"], previous["seconds"]["llm"]

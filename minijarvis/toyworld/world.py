@@ -6,8 +6,10 @@
   with their options and answer (``shapesbench.format_prompt``; the answer is right for a scene
   the text does not show, so the LLM learns the questions and their options, not the answers).
 * :func:`scene_tensors` -- rendered scenes as the encoders see them ([0, 1] images at the tiny
-  preset's 192 px, resized like ``data.images.load_image``), their incomplete captions, and what the
-  renderer knows that captions omit: per-patch log-depth, per-patch object occupancy, object count.
+  preset's size, resized like ``data.images.load_image``), their incomplete captions, where each
+  object the caption names is (its visible share of every patch: what a region-level caption
+  loss pools over), and what the renderer knows that captions omit: per-patch log-depth,
+  per-patch object occupancy, object count.
 
 Seeds: scenes come from the "caption" and "instruct" splits with a user seed (``WORLD_SEED`` +
 build seed) that the training data of train.py (seed 0, 1, 2, ...) does not use by default;
@@ -73,45 +75,59 @@ def text_corpus(tokenizer, n_captions: int, n_instruct: int, n_questions: int, s
     return out
 
 
-def depth_grid(scene: S.Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patch (log-depth, occupancy) on a ``grid`` x ``grid`` patch grid, both float32.
+MAX_OBJECTS = 5  # sample_scene draws 2-5 objects
+PHRASES = tuple(f"{c} {k}" for c in S.COLORS for k in S.KINDS)  # every object name a caption says
+
+
+def depth_grid(scene: S.Scene, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-patch (log-depth, occupancy, visible share of each object) on a ``grid`` x ``grid``
+    patch grid, float32: [grid, grid], [grid, grid], [len(scene.objects), grid * grid].
 
     Depth of a pixel: the camera depth z of the nearest object whose silhouette covers it
     (silhouettes painted far to near, as ``render`` paints), else of the ground at that image
     row (z = FOCAL * CAM_H / (v - HORIZON)), else ``SKY_DEPTH``. A patch gets the mean log-depth
-    of its pixels and the fraction of them covered by an object.
+    of its pixels and the fraction of them covered by an object; object k's share of a patch is
+    the fraction of the patch's pixels where k is the visible (nearest) object.
     """
     v = (np.arange(RASTER) + 0.5) / RASTER
     ground = np.where(v > S.HORIZON, S.FOCAL * S.CAM_H / np.maximum(v - S.HORIZON, 1e-6), SKY_DEPTH)
     depth = np.repeat(np.minimum(ground, SKY_DEPTH)[:, None], RASTER, 1)
-    occupied = np.zeros((RASTER, RASTER), bool)
-    for o in sorted(scene.objects, key=lambda o: -o.z):
+    owner = np.full((RASTER, RASTER), -1)
+    for k in sorted(range(len(scene.objects)), key=lambda k: -scene.objects[k].z):
+        o = scene.objects[k]
         _, mask = S._footprint(o.kind, o.x, o.z, RASTER)
-        depth[mask], occupied[mask] = o.z, True
+        depth[mask], owner[mask] = o.z, k
     cell = RASTER // grid
     if cell * grid != RASTER:
         raise ValueError(f"grid {grid} must divide the raster side {RASTER}")
     pool = lambda a: a.reshape(grid, cell, grid, cell).mean((1, 3)).astype(np.float32)  # noqa: E731
-    return pool(np.log(depth)), pool(occupied.astype(np.float32))
+    share = np.stack([pool((owner == k).astype(np.float32)).reshape(-1) for k in range(len(scene.objects))])
+    return pool(np.log(depth)), pool((owner >= 0).astype(np.float32)), share
 
 
-def scene_tensors(n: int, seed: int, image_size: int = 192, grid: int = 12, mean=(0.5, 0.5, 0.5),
+def scene_tensors(n: int, seed: int, image_size: int = 96, grid: int = 6, mean=(0.5, 0.5, 0.5),
                   offset: int = 0) -> dict:
     """``n`` caption-split scenes as tensors: images float [n,3,S,S] in [0,1] (rendered at
     224 px and resized like ``data.images.load_image``), captions (list), log_depth and occupancy
-    [n, grid, grid], count long [n]."""
+    [n, grid, grid], count long [n], share [n, MAX_OBJECTS, grid*grid] (each object's visible
+    share of every patch, zero rows past the scene's objects) and phrase long [n, MAX_OBJECTS]
+    (index of the object's name in PHRASES, -1 past the scene's objects)."""
     world = WORLD_SEED + seed
     images, captions, depth, occ, count = [], [], [], [], []
+    share = torch.zeros(n, MAX_OBJECTS, grid * grid)
+    phrase = torch.full((n, MAX_OBJECTS), -1, dtype=torch.long)
     for i in tqdm(range(n), desc="scenes", unit="img", leave=False):
         scene, caption = caption_text(offset + i, world)
         images.append(load_image(S.render(scene), image_size, mean))
-        d, o = depth_grid(scene, grid)
+        d, o, sh = depth_grid(scene, grid)
         captions.append(caption)
         depth.append(torch.from_numpy(d))
         occ.append(torch.from_numpy(o))
         count.append(len(scene.objects))
+        share[i, :len(sh)] = torch.from_numpy(sh)
+        phrase[i, :len(sh)] = torch.tensor([PHRASES.index(ob.name) for ob in scene.objects])
     return dict(images=torch.stack(images), captions=captions, log_depth=torch.stack(depth),
-                occupancy=torch.stack(occ), count=torch.tensor(count))
+                occupancy=torch.stack(occ), count=torch.tensor(count), share=share, phrase=phrase)
 
 
 def log_depth_range() -> tuple[float, float]:

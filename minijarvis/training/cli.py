@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--pos-embed", action="store_true", default=None, help="paper: z + phi(i); release: z alone")
     m.add_argument("--keep-dropped-slots", action="store_true", default=None, help="masked steps compute the dropped slots too, as the release (same losses, more compute)")
     m.add_argument("--mask-clean", action="store_true", help="sampler without the release's quirks")
-    m.add_argument("--mask-min-keep", type=nonnegative_int, default=None, help="every mask block holds more tokens than this (release 10; a small grid needs less: the error says how much)")
+    m.add_argument("--mask-min-keep", type=nonnegative_int, default=None, help="every mask block holds more tokens than this (default: the release's 10, lowered to what a small grid allows: the tiny 6x6 grid 3)")
     m.add_argument("--lambda-per-rank", action="store_true", help="each rank draws the lambda coin itself, as the release (ranks may take different branches)")
     m.add_argument("--paper-context-aspect", action="store_true", help="context block aspect in (0.75, 1.5) as the paper's text says (release: 1.0)")
     v = p.add_argument_group("VisPer-LM (--method visper; defaults: the release)")
@@ -297,7 +297,7 @@ def build_run(args, info: DistInfo) -> Run:
     else:
         mcfg, real = new_model_config(args)
         mask = MaskConfig(mask_faithful=not args.mask_clean,
-                          mask_min_keep=10 if args.mask_min_keep is None else args.mask_min_keep,
+                          mask_min_keep=args.mask_min_keep,
                           mask_context_aspect=(0.75, 1.5) if args.paper_context_aspect else (1.0, 1.0))
         torch.manual_seed(args.seed)  # random-init networks are identical on every rank
         try:
