@@ -41,7 +41,8 @@ import torch
 
 from minijarvis.toyworld import study as S
 from minijarvis.toyworld import study_report as R
-from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_int, positive_int, read_json,
+from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_int, positive_float, positive_int,
+                               probability, read_json,
                                run_main)
 from minijarvis.training.lock import output_lock
 
@@ -60,10 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method (default 3)")
     add("--quick", action="store_true", help="the smallest sizes (a CI check, seconds; numbers mean nothing)")
     d = S.DEFAULT
-    add("--synthetic-size", type=positive_int, default=None, help=f"captions and instructions per seed (default {d.synthetic_size})")
+    add("--synthetic-size", type=positive_int, default=None, help=f"stage-1 captions per seed (default {d.synthetic_size})")
+    add("--instructions", type=nonnegative_int, default=None, help=f"stage-2 built-in instructions per seed (default {d.instructions})")
     add("--vqa-per-task", type=nonnegative_int, default=None, help=f"stage-2 vision-centric questions per task (default {d.vqa_per_task})")
+    add("--small-scenes", type=probability, default=None, help=f"share of those on scenes of at most 3 objects (default {d.small_scenes})")
     add("--align-steps", type=positive_int, default=None, help=f"stage-1 optimizer steps (default {d.align_steps})")
     add("--finetune-steps", type=positive_int, default=None, help=f"stage-2 optimizer steps (default {d.finetune_steps})")
+    add("--finetune-lr", type=positive_float, default=None, help=f"stage-2 peak learning rate (default {d.finetune_lr})")
     add("--batch-size", type=positive_int, default=None, help=f"per step, both stages (default {d.batch_size})")
     add("--n-per-task", type=positive_int, default=None, help=f"ShapesBench items per task (default {d.n_per_task})")
     add("--random-init", action="store_true", help="random LLM and encoders instead of the toy world's parts")
@@ -102,8 +106,14 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
         print(f"[study {len(results)}/{len(jobs)}] {job[0]} seed {job[1]}: {result['seconds']:.0f} s; "
               f"all {result['all']:.3f}", flush=True)
 
-    for seed in sorted({s for _, s in todo}):  # written once, before any run reads it
-        S.prepare_data(out, size, seed)
+    seeds = sorted({s for _, s in todo})  # each seed's data written once, before any run reads it
+    if args.workers == 1 or len(seeds) <= 1:
+        for seed in seeds:
+            S.prepare_data(out, size, seed)
+    else:  # one seed per worker process, side by side
+        with ProcessPoolExecutor(min(args.workers, len(seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in as_completed([pool.submit(S.prepare_data, out, size, seed) for seed in seeds]):
+                done.result()
     if args.workers == 1 or len(todo) <= 1:
         torch.set_num_threads(1)  # tiny models: one thread (see runtime.set_cpu_threads)
         for job in todo:

@@ -200,8 +200,10 @@ def test_bench_answers_follow_from_scene_geometry():
             assert int(answer) == len(hits), f"{item['id']}: answer {answer}, scene has {len(hits)}"
             assert all(o.visible >= 0.5 for o in hits), f"{item['id']}: a counted object is mostly hidden"
         elif item["task"] == "Relation":
-            m = re.search(r"positions of the (\w+ \w+) and the (\w+ \w+) in", q)
+            m = re.search(r"positions of the (\w+ \w+) \(annotated by the magenta box\) and the (\w+ \w+) "
+                          r"\(annotated by the cyan box\) in", q)
             a, b = _find(scene, m[1]), _find(scene, m[2])
+            assert item["marks"] == [a.name, b.name]
             du, dv = a.center[0] - b.center[0], a.center[1] - b.center[1]
             truth = {"left": du < -0.1, "right": du > 0.1, "above": dv < -0.1, "below": dv > 0.1}
             assert truth[answer], f"{item['id']}: {answer} is wrong (du={du:.2f}, dv={dv:.2f})"
@@ -210,11 +212,13 @@ def test_bench_answers_follow_from_scene_geometry():
             else:  # on a ground plane seen from above, higher on screen means farther away
                 assert (a.z > b.z) == (answer == "above"), f"{item['id']}: world disagrees"
         elif item["task"] == "Depth":
+            assert item["marks"] == item["choices"] and "(highlighted by a cyan box)?" in q
             near, far = (_find(scene, c) for c in (answer, item["choices"][1 - item["answer_index"]]))
             assert far.z / near.z >= 1.3 and math.hypot(near.x, near.z) < math.hypot(far.x, far.z), \
                 f"{item['id']}: {answer} is not clearly closer to the camera"
         else:
-            ref = _find(scene, re.search(r"closer to the (\w+ \w+), the", q)[1])
+            ref = _find(scene, re.search(r"closer to the (\w+ \w+) \(highlighted by a magenta box\), the", q)[1])
+            assert item["marks"] == [ref.name] + item["choices"]
             near, far = (_find(scene, c) for c in (answer, item["choices"][1 - item["answer_index"]]))
             d = lambda o: math.hypot(o.x - ref.x, o.z - ref.z)  # noqa: E731
             assert d(far) >= 1.4 * d(near), f"{item['id']}: {answer} is not clearly closer to the {ref.name}"
@@ -296,3 +300,25 @@ def test_bench_items_with_max_objects_are_small_scenes_and_the_default_is_untouc
             assert default == bench_item(task, i, seed=9, render_image=False, max_objects=None)
     with pytest.raises(ValueError, match="max_objects"):
         bench_item("Count", 0, max_objects=2)
+
+
+def test_bench_marks_outline_the_named_objects_in_cvbench_colours():
+    from minijarvis.evaluation.shapesbench import MARKS
+    for task in TASKS:
+        item = bench_item(task, 5, seed=2)
+        plain = pixels(render(item["scene"]))
+        drawn = pixels(item["image"])
+        if task == "Count":
+            assert item["marks"] == [] and (drawn == plain).all(), "Count items carry no boxes"
+            continue
+        assert len(item["marks"]) == (3 if task == "Distance" else 2)
+        objects = {o.name: o for o in item["scene"].objects}
+        side = drawn.shape[0]
+        for name, rgb in zip(item["marks"], MARKS.values()):
+            assert f"{name} (" in item["question"] and f"{list(MARKS)[item['marks'].index(name)]} box)" in item["question"]
+            u0, v0, u1, v1 = (int(side * f) for f in objects[name].bbox)
+            ring = np.zeros(drawn.shape[:2], bool)
+            ring[max(0, v0 - 6):v1 + 6, max(0, u0 - 6):u1 + 6] = True
+            ring[v0 + 3:v1 - 3, u0 + 3:u1 - 3] = False
+            hit = (np.abs(drawn.astype(int) - np.array(rgb)).sum(-1) < 30) & ring
+            assert hit.sum() > 2 * (u1 - u0), f"{task}: no {rgb} box around the {name}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -97,7 +98,8 @@ def test_each_row_trains_and_answers_with_its_flags(tmp_path, monkeypatch, row, 
     assert extra(first, {"--stage", "--method", "--data", "--image-folder", "--max-steps", "--output-dir",
                          "--seed", "--batch-size"}) == stage1
     assert extra(second, {"--stage", "--init", "--data", "--image-folder", "--max-steps", "--output-dir",
-                          "--seed", "--batch-size"}) == stage2
+                          "--seed", "--batch-size", "--lr"}) == stage2
+    assert float(second[second.index("--lr") + 1]) == S.QUICK.finetune_lr
     assert extra(evaluated, {"--checkpoint", "--bench", "--n-per-task", "--output-dir"}) == bench
 
 
@@ -274,3 +276,20 @@ def test_methods_are_placed_between_the_bounds_and_the_outputs_mark_them(tmp_pat
     assert kinds["jarvis"] == "method" and kinds["jarvis - llava"] == "paired"
     without = R.aggregate([r for r in results if r["method"] != "llava-expert"], ["llava", "jarvis", "llava-blank"])
     assert without["position"] == {} and any("run llava-blank and llava-expert" in v for v in R.verdicts(without))
+
+
+def test_stage2_data_holds_its_instructions_and_questions_the_first_share_on_small_scenes(tmp_path):
+    import dataclasses
+    from minijarvis.evaluation.shapesbench import bench_item
+    size = dataclasses.replace(S.QUICK, instructions=3, vqa_per_task=4, small_scenes=0.5)
+    path, folder = S.stage2_data(tmp_path / "s2", size, seed=1)
+    records = json.loads(Path(path).read_text())
+    vqa = [r for r in records if r["id"].startswith("study-vqa-")]
+    assert len(records) - len(vqa) == 3 and len(vqa) == 4 * len(TASKS)
+    for task in TASKS:
+        for i in range(4):
+            item = bench_item(task, i, S.VQA_SEED + 1, max_objects=3 if i < 2 else None, render_image=False)
+            rec = next(r for r in vqa if r["id"] == f"study-vqa-{task.lower()}-{i:05d}")
+            assert rec["conversations"][0]["value"] == "<image>\n" + item["prompt"]
+            assert rec["conversations"][1]["value"] == item["choices"][item["answer_index"]]
+            assert (Path(folder) / rec["image"]).is_file()

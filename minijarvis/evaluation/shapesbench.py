@@ -1,9 +1,11 @@
 """ShapesBench: a CV-Bench-style multiple-choice benchmark on the synthetic scenes of `minijarvis.data.shapes`.
 
-CV-Bench's four tasks, with the same question wording (objects are named by their unique colour+kind
-instead of highlighted by boxes):
+CV-Bench's four tasks, with the same question wording. As in CV-Bench, the objects a Relation, Depth
+or Distance question names are outlined by coloured boxes in the image and the question says so
+("the red cube (annotated by the magenta box)"); the names are the objects' unique colour+kind. The
+box colours (MARKS) lie outside the objects' palette; CV-Bench's are red, blue and green.
 
-    Count    (2D)  How many cubes / red objects are in the image?           4 choices
+    Count    (2D)  How many cubes / red objects are in the image?           4 choices, no boxes
     Relation (2D)  where is A with respect to B? left/right or above/below  2 choices, image coordinates
     Depth    (3D)  Which object is closer to the camera, A or B?            2 choices, camera depth z
     Distance (3D)  Which object is closer to C, A or B?                     2 choices, 3D ground distance
@@ -27,6 +29,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from minijarvis.data.shapes import COLORS, DEFAULT_IMAGE_SIZE, KINDS, Scene, render, sample_scene, scene_seed
 
@@ -38,6 +41,33 @@ RELATION_MARGIN = 0.15  # bbox-centre difference along the asked axis, in image 
 DEPTH_RATIO = 1.35  # farther z / nearer z
 DISTANCE_RATIO = 1.5  # farther 3D distance / nearer 3D distance to the reference object
 COUNT_MIN_VISIBLE = 0.6
+# Box colours, in the order a question names its objects (Relation: A, B; Depth: the two options;
+# Distance: the reference, then the two options). CV-Bench draws red, blue and green boxes; red,
+# blue and green are object colours here, so the boxes take colours no object has.
+MARKS = {"magenta": (255, 0, 255), "cyan": (0, 230, 255), "black": (10, 10, 10)}
+
+
+def _marked(names: list[str], verb: str) -> list[str]:
+    """CV-Bench's annotation after each name: "the X (annotated by the magenta box)" (Relation)
+    or "(highlighted by a magenta box)" (Depth, Distance), box colours in MARKS order."""
+    return [f"{n} ({verb} {c} box)" for n, c in zip(names, MARKS)]
+
+
+def draw_marks(image: Image.Image, scene: Scene, names: list[str]) -> Image.Image:
+    """Outline the objects ``names`` (in MARKS order) on ``image`` (a render of ``scene``), with
+    a margin around each bbox. Returns the image (drawn on in place)."""
+    draw, side = ImageDraw.Draw(image), image.size[0]
+    objects = {o.name: o for o in scene.objects}
+    pad, width = max(1, side // 100), max(2, side // 48)
+    for name, rgb in zip(names, MARKS.values()):
+        u0, v0, u1, v1 = (side * f for f in objects[name].bbox)
+        draw.rectangle([u0 - pad, v0 - pad, u1 + pad, v1 + pad], outline=rgb, width=width)
+    return image
+
+
+def render_item(item: dict, image_size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
+    """The item's image: its scene rendered, with its marked objects outlined (``item["marks"]``)."""
+    return draw_marks(render(item["scene"], image_size), item["scene"], item["marks"])
 
 
 def bench_seed(task: str, index: int, seed: int = 0) -> int:
@@ -80,7 +110,7 @@ def _count(rng: np.random.Generator, answer: int, max_objects: int | None = None
     scene = sample_scene(rng, attrs=[target] * c + extra, min_visible=COUNT_MIN_VISIBLE)
     lo = int(rng.integers(max(0, c - 3), c + 1))
     rest = [str(v) for v in rng.permutation([v for v in range(lo, lo + 4) if v != c])]
-    return scene, question, rest[:answer] + [str(c)] + rest[answer:]
+    return scene, question, rest[:answer] + [str(c)] + rest[answer:], []
 
 
 def _scene(rng: np.random.Generator, max_objects: int | None, least: int = 2):
@@ -99,8 +129,9 @@ def _relation(rng: np.random.Generator, answer: int, horizontal: bool, max_objec
                  if sign * (a.center[axis] - b.center[axis]) >= RELATION_MARGIN]
         if pairs:
             a, b = pairs[rng.integers(len(pairs))]
-            return scene, (f"Considering the relative positions of the {a.name} and the {b.name} in the image "
-                           f"provided, where is the {a.name} located with respect to the {b.name}?"), choices
+            ma, mb = _marked([a.name, b.name], "annotated by the")
+            return scene, (f"Considering the relative positions of the {ma} and the {mb} in the image "
+                           f"provided, where is the {ma} located with respect to the {mb}?"), choices, [a.name, b.name]
 
 
 def _depth(rng: np.random.Generator, answer: int, max_objects: int | None = None):
@@ -110,8 +141,8 @@ def _depth(rng: np.random.Generator, answer: int, max_objects: int | None = None
         if pairs:
             near, far = pairs[rng.integers(len(pairs))]
             choices = [near.name, far.name] if answer == 0 else [far.name, near.name]
-            return scene, (f"Which object is closer to the camera taking this photo, the {choices[0]} "
-                           f"or the {choices[1]}?"), choices
+            m0, m1 = _marked(choices, "highlighted by a")
+            return scene, f"Which object is closer to the camera taking this photo, the {m0} or the {m1}?", choices, choices
 
 
 def _distance_task(rng: np.random.Generator, answer: int, max_objects: int | None = None):
@@ -123,15 +154,17 @@ def _distance_task(rng: np.random.Generator, answer: int, max_objects: int | Non
         if triples:
             ref, near, far = triples[rng.integers(len(triples))]
             choices = [near.name, far.name] if answer == 0 else [far.name, near.name]
+            mr, m0, m1 = _marked([ref.name] + choices, "highlighted by a")
             return scene, (f"Estimate the real-world distances between objects in this image. Which object is "
-                           f"closer to the {ref.name}, the {choices[0]} or the {choices[1]}?"), choices
+                           f"closer to the {mr}, the {m0} or the {m1}?"), choices, [ref.name] + choices
 
 
 def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
                render_image: bool = True, max_objects: int | None = None) -> dict:
     """Item `index` of `task`, deterministic per (task, index, seed). Keys: id, task, type, question,
     choices, answer_index (int), answer ("(B)"), prompt, seed (of the item's generator), scene (Scene),
-    source, and image (PIL RGB; absent when render_image=False -- use render(item["scene"], size)).
+    marks (the names of the boxed objects, in MARKS order; [] for Count), source, and image (PIL RGB,
+    boxes drawn; absent when render_image=False -- use render_item(item, size)).
     ``max_objects`` (training questions only, never the benchmark): scenes of at most that many
     objects (Distance: at least 3), the easy end of a curriculum."""
     if max_objects is not None and not 3 <= max_objects <= 5:
@@ -141,18 +174,19 @@ def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_I
     n_choices = 4 if task == "Count" else 2
     answer = index % n_choices  # round-robin: letters are balanced by construction
     if task == "Count":
-        scene, question, choices = _count(rng, answer, max_objects)
+        scene, question, choices, marks = _count(rng, answer, max_objects)
     elif task == "Relation":
-        scene, question, choices = _relation(rng, answer, (index // 2) % 2 == 0, max_objects)
+        scene, question, choices, marks = _relation(rng, answer, (index // 2) % 2 == 0, max_objects)
     elif task == "Depth":
-        scene, question, choices = _depth(rng, answer, max_objects)
+        scene, question, choices, marks = _depth(rng, answer, max_objects)
     else:
-        scene, question, choices = _distance_task(rng, answer, max_objects)
+        scene, question, choices, marks = _distance_task(rng, answer, max_objects)
     item = {"id": f"shapesbench-{task.lower()}-{index:05d}", "task": task, "type": TASK_TYPE[task],
             "question": question, "choices": choices, "answer_index": answer, "answer": f"({LETTERS[answer]})",
-            "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "source": "ShapesBench"}
+            "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "marks": marks,
+            "source": "ShapesBench"}
     if render_image:
-        item["image"] = render(scene, image_size)
+        item["image"] = render_item(item, image_size)
     return item
 
 
@@ -181,11 +215,11 @@ def write_bench_jsonl(out_dir, n_per_task: int = 100, seed: int = 0, image_size:
     for idx, item in enumerate(shapes_bench(n_per_task, seed, image_size, render_image=False)):
         rel = f"img/{item['type']}/{item['task'].lower()}/{item['id']}.png"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        render(item["scene"], image_size).save(out / rel, compress_level=1)
+        render_item(item, image_size).save(out / rel, compress_level=1)
         rows.append({"idx": idx, "type": item["type"], "task": item["task"], "image": rel, "filename": rel,
                      "question": item["question"], "choices": item["choices"], "answer": item["answer"],
                      "prompt": item["prompt"], "source": "ShapesBench", "seed": item["seed"],
-                     "scene": scene_to_dict(item["scene"])})
+                     "marks": item["marks"], "scene": scene_to_dict(item["scene"])})
     path = out / "test.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

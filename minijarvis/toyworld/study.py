@@ -53,20 +53,24 @@ BOUND_FLAGS = {"llava-blank": (["--blank-images"], ["--blank-images"], ["--blank
 
 @dataclass(frozen=True)
 class StudySize:
-    synthetic_size: int  # records of stage-1 captions and of stage-2 instructions
+    synthetic_size: int  # stage-1 caption records
+    instructions: int  # stage-2 built-in instruction records
     vqa_per_task: int  # stage-2 vision-centric questions per ShapesBench task (0: none)
+    small_scenes: float  # share of those questions on scenes of at most 3 objects (the easy end)
     align_steps: int
     finetune_steps: int
+    finetune_lr: float
     batch_size: int
     n_per_task: int  # ShapesBench items per task
     probe_images: int
     probe_steps: int
 
 
-QUICK = StudySize(synthetic_size=8, vqa_per_task=1, align_steps=1, finetune_steps=1, batch_size=4,
-                  n_per_task=1, probe_images=12, probe_steps=2)
-DEFAULT = StudySize(synthetic_size=512, vqa_per_task=64, align_steps=96, finetune_steps=128,
-                    batch_size=8, n_per_task=40, probe_images=96, probe_steps=100)
+QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, small_scenes=0.5, align_steps=1,
+                  finetune_steps=1, finetune_lr=1e-3, batch_size=4, n_per_task=1, probe_images=12, probe_steps=2)
+DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, small_scenes=0.5, align_steps=300,
+                    finetune_steps=900, finetune_lr=1e-3, batch_size=16, n_per_task=200, probe_images=96,
+                    probe_steps=100)
 
 
 # ---------------------------------------------------------------- data
@@ -76,18 +80,22 @@ def stage1_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
 
 
 def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
-    """Stage-2 data of one seed: the built-in instructions plus ``vqa_per_task`` questions of
-    each ShapesBench task in its own wording, answered by the option's text (LLaVA-665k's
-    stand-in for VQAv2 / GQA's counting and spatial rows), on "bench"-split scenes of user seed
-    VQA_SEED + seed, never the evaluation's seed 0. Cached: written once per folder."""
+    """Stage-2 data of one seed: ``instructions`` built-in instructions plus ``vqa_per_task``
+    questions of each ShapesBench task in its own wording, answered by the option's text
+    (LLaVA-665k's stand-in for VQAv2 / GQA's counting and spatial rows), on "bench"-split scenes
+    of user seed VQA_SEED + seed, never the evaluation's seed 0. The first ``small_scenes`` share
+    of each task's questions are on scenes of at most 3 objects (Distance: exactly 3), the easy
+    end of a curriculum (``bench_item(max_objects=3)``). Cached: written once per folder."""
     path = folder / "study.json"
     if path.exists():
         return str(path), str(folder)
-    records = json.loads(write_llava_folder(folder, "instruct", size.synthetic_size, seed=seed,
-                                            save_size=IMAGE_SIZE).read_text())
+    records = json.loads(write_llava_folder(folder, "instruct", size.instructions, seed=seed,
+                                            save_size=IMAGE_SIZE).read_text()) if size.instructions else []
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    n_small = round(size.small_scenes * size.vqa_per_task)
     for task in TASKS:
         for i in range(size.vqa_per_task):
-            item = bench_item(task, i, VQA_SEED + seed)
+            item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None)
             rel = f"images/vqa-{task.lower()}-{i:05d}.png"
             save_image(item["image"], folder / rel, IMAGE_SIZE)
             records.append({"id": f"study-vqa-{task.lower()}-{i:05d}", "image": rel, "conversations": [
@@ -147,7 +155,7 @@ def run_one(method: str, seed: int, size: StudySize, out: Path, random_init: boo
     stage2 = ["--stage", "finetune", "--init", str(run / "align"), "--data", data["stage2"][0],
               "--image-folder", data["stage2"][1], "--max-steps", str(size.finetune_steps),
               "--output-dir", str(run / "finetune"), "--seed", str(seed), "--batch-size", str(size.batch_size),
-              *flags2]
+              "--lr", str(size.finetune_lr), *flags2]
     if train.main(stage2) != 0:
         raise RuntimeError(f"stage 2 of {method} seed {seed} failed")
     bench = eval_script.main(["--checkpoint", str(run / "finetune"), "--bench", "shapes", *flags_eval,

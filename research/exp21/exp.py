@@ -25,19 +25,32 @@ p.add_argument("--s2a", type=int, default=0); p.add_argument("--a-max", type=int
 p.add_argument("--a-instr", type=int, default=0); p.add_argument("--lr2a", type=float, default=1e-3)
 a = p.parse_args()
 T = {}
+import os
 root = Path("/work/p21/data"); root.mkdir(exist_ok=True, parents=True)
+if os.environ.get("UNIQUE"):  # every colour at most once per scene (scenes with no fixed attribute)
+    sys.path.insert(0, os.path.dirname(__file__)); import gridpool_u  # noqa: F401
+    root = Path("/work/p21/data_u"); root.mkdir(exist_ok=True, parents=True)
+if os.environ.get("BOXES"):  # CV-Bench's coloured boxes on the named objects (bench questions and their training twins)
+    sys.path.insert(0, os.path.dirname(__file__)); import boxes  # noqa: F401
+    root = Path(str(root) + "_boxes"); root.mkdir(exist_ok=True, parents=True)
+if os.environ.get("ROOT"):  # a data folder of its own (e.g. after the benchmark's wording changed)
+    root = Path(os.environ["ROOT"]); root.mkdir(exist_ok=True, parents=True)
+if os.environ.get("DISTANCE_RATIO"):
+    SB.DISTANCE_RATIO = float(os.environ["DISTANCE_RATIO"])
 t = time.time()
 d1 = root / f"s1-{a.syn}-s{a.seed}"
 j1 = write_llava_folder(d1, "caption", a.syn, seed=a.seed)
 def make(instr, easy_share, easy_max, ground=0):
-  d2 = root / f"s2-i{instr}-v{a.vqa}-e{easy_share}-m{easy_max}-g{ground}x{a.ground_turns}-s{a.seed}"
+  tm = os.environ.get("TASK_MULT", "")
+  mult = {k: float(v) for k, v in (kv.split(":") for kv in tm.split(","))} if tm else {}
+  d2 = root / f"s2-i{instr}-v{a.vqa}-e{easy_share}-m{easy_max}-g{ground}x{a.ground_turns}-s{a.seed}{tm.replace(':', '').replace(',', '')}"
   j2 = d2 / "study.json"
   if not j2.exists():
     recs = json.loads(write_llava_folder(d2, "instruct", instr, seed=a.seed).read_text()) if instr else []
     d2.mkdir(parents=True, exist_ok=True); (d2 / "images").mkdir(exist_ok=True)
     orig = SB.sample_scene
     for task in SB.TASKS:
-        for i in range(a.vqa):
+        for i in range(int(a.vqa * mult.get(task, 1))):
             easy = (i % 1000) < easy_share * 1000
             def capped(rng=None, n_objects=None, attrs=None, min_visible=0.5, _easy=easy):
                 if _easy and attrs is None:

@@ -1,0 +1,58 @@
+"""Text-only ShapesBench with a large pool of fresh questions (no memorising):
+    PYTHONPATH=<branch> python research/exp21/textfresh.py HIDDEN LAYERS STEPS LR POOL1[,POOL2] [EVAL_EVERY] [HEADS]"""
+import sys, json, torch, numpy as np, time
+torch.set_num_threads(1)
+from minijarvis.config import preset
+from minijarvis.llm import build_llm, build_tokenizer
+from minijarvis.data.text import encode_reply
+from minijarvis.training.runtime import cosine_lr
+hidden, layers, steps, lr = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+pool = sum((json.load(open(p)) for p in sys.argv[5].split(",")), [])
+every = int(sys.argv[6]) if len(sys.argv) > 6 else 1000
+heads = int(sys.argv[7]) if len(sys.argv) > 7 else None
+import os
+ev = json.load(open(os.environ.get("EVAL_POOL", "/work/p21/pool_eval.json")))
+tok = build_tokenizer()
+cfg = preset("tiny", pretrained=False)
+arch = dict(cfg.llm_arch, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers)
+if heads: arch.update(num_attention_heads=heads, num_key_value_heads=heads)
+cfg.llm_arch = arch
+torch.manual_seed(0)
+model = build_llm(cfg)
+TASKS = ("Count", "Relation", "Depth", "Distance")
+def evaluate():
+    model.eval(); res = {}
+    for task in TASKS:
+        hit = n = 0
+        for r in ev:
+            if r["task"] != task: continue
+            scores = []
+            for opt in r["choices"]:
+                ids, lab = encode_reply(tok, r["prompt"], opt, has_image=False)
+                with torch.no_grad():
+                    lp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+                t = torch.tensor(lab[1:]); keep = t != -100
+                scores.append(float(lp[keep].gather(-1, t[keep][:, None]).sum()))
+            hit += int(np.argmax(scores)) == r["answer_index"]; n += 1
+        res[task] = round(hit / n, 2)
+    model.train(); return res
+g = np.random.default_rng(0)
+side = json.load(open(os.environ["SIDE_POOL"])) if os.environ.get("SIDE_POOL") else pool
+side_steps, side_share = int(os.environ.get("SIDE_STEPS", 0)), float(os.environ.get("SIDE_SHARE", 0))
+opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+model.train(); losses = []; t0 = time.time()
+for step in range(steps):
+    for grp in opt.param_groups: grp["lr"] = cosine_lr(step, steps, lr)
+    src = [side if (step < side_steps or g.random() < side_share) else pool for _ in range(16)]
+    rows = [encode_reply(tok, s_[k]["prompt"], s_[k]["choices"][s_[k]["answer_index"]], has_image=False)
+            for s_ in src for k in [g.integers(len(s_))]]
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((16, width), tok.pad_token_id); lab = torch.full((16, width), -100); att = torch.zeros(16, width, dtype=torch.long)
+    for b, (i_, l_) in enumerate(rows):
+        ids[b, :len(i_)] = torch.tensor(i_); lab[b, :len(i_)] = torch.tensor(l_); att[b, :len(i_)] = 1
+    loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+    loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
+    losses.append(float(loss.detach()))
+    if step % 500 == 0: print(step, round(np.mean(losses[-100:]), 3), round(time.time() - t0), flush=True)
+    if every and step and step % every == 0: print("EVAL", step, evaluate(), flush=True)
+print("RESULT", hidden, layers, steps, lr, heads, len(pool), evaluate(), round(time.time() - t0), flush=True)
