@@ -31,6 +31,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from minijarvis.config import ENCODERS, METHODS
 from minijarvis.data.synthetic import save_image, write_llava_folder
 from minijarvis.errors import InputError, read_json
@@ -94,7 +96,7 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     n_small = round(size.small_scenes * size.vqa_per_task)
     for task in TASKS:
-        for i in range(size.vqa_per_task):
+        for i in tqdm(range(size.vqa_per_task), desc=f"stage-2 {task} questions", unit="img", leave=False):
             item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None)
             rel = f"images/vqa-{task.lower()}-{i:05d}.png"
             save_image(item["image"], folder / rel, IMAGE_SIZE)
