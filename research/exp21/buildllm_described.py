@@ -15,13 +15,8 @@ from minijarvis.evaluation.shapesbench import TASKS, bench_item, format_prompt
 out, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1500
 
 
-def describe(scene, rng) -> str:
-    parts = []
-    for k in rng.permutation(len(scene.objects)):
-        o = scene.objects[k]
-        u, v = o.center
-        parts.append(f"the {o.name} is at column {min(6, int(u * 6) + 1)}, row {min(6, int(v * 6) + 1)}, depth {o.z:.0f}")
-    return "In the image, " + "; ".join(parts) + "."
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from textpool import describe  # noqa: E402  the scene in words, shared by the text-only scripts
 
 
 tok, sz, seed = build_tokenizer(), SIZES["full"], 0

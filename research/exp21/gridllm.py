@@ -4,6 +4,8 @@ keeping its language: a mix of grid chats (bench questions; side questions first
     PYTHONPATH=<branch> python research/exp21/gridllm.py OUT STEPS [LR]"""
 import sys, os, json, time, numpy as np, torch
 torch.set_num_threads(1)
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from textstep import text_step  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 import gridpool_u  # noqa: F401  unique colours
 from gridpool import grid_words
@@ -59,13 +61,7 @@ for step in range(steps):
         u = rng.random()
         src = side if step < SIDE_STEPS else (bench if u < .5 else side if u < .65 else caps if u < .8 else corpus)
         rows.append(src[rng.integers(len(src))])
-    width = max(len(r[0]) for r in rows)
-    ids = torch.full((16, width), tok.pad_token_id); lab = torch.full((16, width), -100); att = torch.zeros(16, width, dtype=torch.long)
-    for b, (i_, l_) in enumerate(rows):
-        ids[b, :len(i_)] = torch.tensor(i_); lab[b, :len(l_)] = torch.tensor(l_); att[b, :len(i_)] = 1
-    loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
-    loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
-    losses.append(float(loss.detach()))
+    losses.append(text_step(model, opt, tok.pad_token_id, rows))
     if step % 500 == 0: print(step, round(np.mean(losses[-100:]), 3), round(time.time() - t0), flush=True)
     if step and step % 1000 == 0: print("EVAL", step, evaluate(), flush=True)
 print("RESULT", steps, lr, evaluate(), round(time.time() - t0), flush=True)

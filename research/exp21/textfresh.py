@@ -2,6 +2,8 @@
     PYTHONPATH=<branch> python research/exp21/textfresh.py HIDDEN LAYERS STEPS LR POOL1[,POOL2] [EVAL_EVERY] [HEADS]"""
 import sys, json, torch, numpy as np, time
 torch.set_num_threads(1)
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from textstep import text_step  # noqa: E402
 from minijarvis.config import preset
 from minijarvis.llm import build_llm, build_tokenizer
 from minijarvis.data.text import encode_reply
@@ -46,13 +48,7 @@ for step in range(steps):
     src = [side if (step < side_steps or g.random() < side_share) else pool for _ in range(16)]
     rows = [encode_reply(tok, s_[k]["prompt"], s_[k]["choices"][s_[k]["answer_index"]], has_image=False)
             for s_ in src for k in [g.integers(len(s_))]]
-    width = max(len(r[0]) for r in rows)
-    ids = torch.full((16, width), tok.pad_token_id); lab = torch.full((16, width), -100); att = torch.zeros(16, width, dtype=torch.long)
-    for b, (i_, l_) in enumerate(rows):
-        ids[b, :len(i_)] = torch.tensor(i_); lab[b, :len(i_)] = torch.tensor(l_); att[b, :len(i_)] = 1
-    loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
-    loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
-    losses.append(float(loss.detach()))
+    losses.append(text_step(model, opt, tok.pad_token_id, rows))
     if step % 500 == 0: print(step, round(np.mean(losses[-100:]), 3), round(time.time() - t0), flush=True)
     if every and step and step % every == 0: print("EVAL", step, evaluate(), flush=True)
 print("RESULT", hidden, layers, steps, lr, heads, len(pool), evaluate(), round(time.time() - t0), flush=True)

@@ -13,13 +13,8 @@ lr = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3
 EVAL_EVERY = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 
 
-def describe(scene, rng) -> str:
-    parts = []
-    for k in rng.permutation(len(scene.objects)):
-        o = scene.objects[k]
-        u, v = o.center
-        parts.append(f"the {o.name} is at column {min(6, int(u * 6) + 1)}, row {min(6, int(v * 6) + 1)}, depth {o.z:.0f}")
-    return "In the image, " + "; ".join(parts) + "."
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from textpool import describe  # noqa: E402  the scene in words, shared by the text-only scripts
 
 
 tok = build_tokenizer()
