@@ -145,6 +145,9 @@ def main(argv=None) -> int:
     size, out = study_size(args), Path(args.output_dir)
     if size.synthetic_size < size.batch_size:
         raise UsageError(f"--synthetic-size {size.synthetic_size} must be >= --batch-size {size.batch_size}")
+    if size.instructions + len(S.TASKS) * size.vqa_per_task < size.batch_size:
+        raise UsageError(f"stage 2 holds --instructions {size.instructions} + {len(S.TASKS)} x --vqa-per-task "
+                         f"{size.vqa_per_task} records: fewer than --batch-size {size.batch_size}")
     methods = list(dict.fromkeys(args.methods))
     settings = dict(methods=methods, seeds=args.seeds, size=dataclasses.asdict(size), random_init=args.random_init)
     with output_lock(out):  # one study per folder (minijarvis/training/lock.py)

@@ -166,6 +166,7 @@ def test_run_one_returns_the_done_marker_without_training(tmp_path, monkeypatch)
     (["--seeds", "0"], "must be an integer >= 1"),
     (["--align-steps", "-3"], "must be an integer >= 1"),
     (["--quick", "--synthetic-size", "2"], "must be >= --batch-size"),
+    (["--quick", "--instructions", "0", "--vqa-per-task", "0"], "fewer than --batch-size"),
 ])
 def test_bad_flags_are_one_line_usage_errors(argv, words, capsys):
     try:

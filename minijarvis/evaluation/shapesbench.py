@@ -142,7 +142,7 @@ def _depth(rng: np.random.Generator, answer: int, max_objects: int | None = None
             near, far = pairs[rng.integers(len(pairs))]
             choices = [near.name, far.name] if answer == 0 else [far.name, near.name]
             m0, m1 = _marked(choices, "highlighted by a")
-            return scene, f"Which object is closer to the camera taking this photo, the {m0} or the {m1}?", choices, choices
+            return scene, f"Which object is closer to the camera taking this photo, the {m0} or the {m1}?", choices, list(choices)
 
 
 def _distance_task(rng: np.random.Generator, answer: int, max_objects: int | None = None):

@@ -30,9 +30,6 @@ root = Path("/work/p21/data"); root.mkdir(exist_ok=True, parents=True)
 if os.environ.get("UNIQUE"):  # every colour at most once per scene (scenes with no fixed attribute)
     sys.path.insert(0, os.path.dirname(__file__)); import gridpool_u  # noqa: F401
     root = Path("/work/p21/data_u"); root.mkdir(exist_ok=True, parents=True)
-if os.environ.get("BOXES"):  # CV-Bench's coloured boxes on the named objects (bench questions and their training twins)
-    sys.path.insert(0, os.path.dirname(__file__)); import boxes  # noqa: F401
-    root = Path(str(root) + "_boxes"); root.mkdir(exist_ok=True, parents=True)
 if os.environ.get("ROOT"):  # a data folder of its own (e.g. after the benchmark's wording changed)
     root = Path(os.environ["ROOT"]); root.mkdir(exist_ok=True, parents=True)
 if os.environ.get("DISTANCE_RATIO"):

@@ -5,7 +5,7 @@ keeping its language: a mix of grid chats (bench questions; side questions first
 import sys, os, json, time, numpy as np, torch
 torch.set_num_threads(1)
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from textstep import text_step  # noqa: E402
+from textstep import option_accuracy, text_step  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 import gridpool_u  # noqa: F401  unique colours
 from gridpool import grid_words
@@ -36,20 +36,7 @@ corpus = [(ids, ids) for ids in (tok(t, add_special_tokens=False)["input_ids"][:
 print("data", round(time.time() - t0), len(bench), len(side), len(caps), len(corpus), flush=True)
 ev = json.load(open("/work/p21/gridu_eval.json"))
 def evaluate():
-    model.eval(); res = {}
-    for task in ("Count", "Relation", "Depth", "Distance"):
-        hit = n = 0
-        for r in (r for r in ev if r["task"] == task):
-            sc = []
-            for o in r["choices"]:
-                ids, lab = encode_reply(tok, strip(r["prompt"]), o, has_image=False)
-                with torch.no_grad():
-                    lp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
-                t = torch.tensor(lab[1:]); k = t != -100
-                sc.append(float(lp[k].gather(-1, t[k][:, None]).mean()))
-            hit += int(np.argmax(sc)) == r["answer_index"]; n += 1
-        res[task] = round(hit / n, 2)
-    model.train(); return res
+    return option_accuracy(model, tok, ev, prompt=lambda r: strip(r["prompt"]), reduce="mean")
 print("EVAL 0", evaluate(), flush=True)
 rng = np.random.default_rng(0)
 opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

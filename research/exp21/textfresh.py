@@ -3,7 +3,7 @@
 import sys, json, torch, numpy as np, time
 torch.set_num_threads(1)
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from textstep import text_step  # noqa: E402
+from textstep import option_accuracy, text_step  # noqa: E402
 from minijarvis.config import preset
 from minijarvis.llm import build_llm, build_tokenizer
 from minijarvis.data.text import encode_reply
@@ -21,23 +21,8 @@ if heads: arch.update(num_attention_heads=heads, num_key_value_heads=heads)
 cfg.llm_arch = arch
 torch.manual_seed(0)
 model = build_llm(cfg)
-TASKS = ("Count", "Relation", "Depth", "Distance")
 def evaluate():
-    model.eval(); res = {}
-    for task in TASKS:
-        hit = n = 0
-        for r in ev:
-            if r["task"] != task: continue
-            scores = []
-            for opt in r["choices"]:
-                ids, lab = encode_reply(tok, r["prompt"], opt, has_image=False)
-                with torch.no_grad():
-                    lp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
-                t = torch.tensor(lab[1:]); keep = t != -100
-                scores.append(float(lp[keep].gather(-1, t[keep][:, None]).sum()))
-            hit += int(np.argmax(scores)) == r["answer_index"]; n += 1
-        res[task] = round(hit / n, 2)
-    model.train(); return res
+    return option_accuracy(model, tok, ev)
 g = np.random.default_rng(0)
 side = json.load(open(os.environ["SIDE_POOL"])) if os.environ.get("SIDE_POOL") else pool
 side_steps, side_share = int(os.environ.get("SIDE_STEPS", 0)), float(os.environ.get("SIDE_SHARE", 0))
