@@ -16,8 +16,8 @@ checkpoint) and <bench>.png (grouped bars, chance level marked).
 
 Answer modes. "likelihood" (default): the option with the highest mean log-probability per token
 after the prompt wins (model.score_options); --score-target picks what is scored: "text", the
-option's text ("left"; default, since minijarvis's own training never teaches option letters),
-"option" ("(A) left") or "letter" ("A"). "generate": greedy decoding, then the option letter is
+option's text ("left"; default, since train.py's built-in data never teaches option letters),
+"option" ("(A) left") or "letter" ("A"; what study.py scores, since its stage 2 answers by letter). "generate": greedy decoding, then the option letter is
 read from the reply as the official toolkits do (benchmarks.extract_letter); a reply naming no
 option counts as wrong and as unparseable. Open-ended RealWorldQA questions are always generated.
 """

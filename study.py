@@ -41,7 +41,8 @@ import torch
 
 from minijarvis.toyworld import study as S
 from minijarvis.toyworld import study_report as R
-from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_int, positive_float, positive_int,
+from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_float, nonnegative_int, positive_float,
+                               positive_int,
                                probability, read_json,
                                run_main)
 from minijarvis.training.lock import output_lock
@@ -64,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--synthetic-size", type=positive_int, default=None, help=f"stage-1 captions per seed (default {d.synthetic_size})")
     add("--instructions", type=nonnegative_int, default=None, help=f"stage-2 built-in instructions per seed (default {d.instructions})")
     add("--vqa-per-task", type=nonnegative_int, default=None, help=f"stage-2 vision-centric questions per task (default {d.vqa_per_task})")
+    add("--vqa-mix", type=nonnegative_float, nargs=4, default=None, metavar=("COUNT", "RELATION", "DEPTH", "DISTANCE"),
+        help=f"each task's stage-2 questions as a multiple of --vqa-per-task (default {' '.join(f'{m:g}' for m in d.vqa_mix)})")
     add("--small-scenes", type=probability, default=None, help=f"share of those on scenes of at most 3 objects (default {d.small_scenes})")
     add("--align-steps", type=positive_int, default=None, help=f"stage-1 optimizer steps (default {d.align_steps})")
     add("--finetune-steps", type=positive_int, default=None, help=f"stage-2 optimizer steps (default {d.finetune_steps})")
@@ -80,6 +83,8 @@ def study_size(args) -> S.StudySize:
     base = S.QUICK if args.quick else S.DEFAULT
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(S.StudySize)
              if getattr(args, f.name, None) is not None}
+    if "vqa_mix" in given:
+        given["vqa_mix"] = tuple(given["vqa_mix"])
     return dataclasses.replace(base, **given)
 
 
@@ -110,9 +115,10 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
     if args.workers == 1 or len(seeds) <= 1:
         for seed in seeds:
             S.prepare_data(out, size, seed)
-    else:  # one seed per worker process, side by side
-        with ProcessPoolExecutor(min(args.workers, len(seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in as_completed([pool.submit(S.prepare_data, out, size, seed) for seed in seeds]):
+    else:  # each seed's two stages as jobs of their own, side by side (3 seeds keep 2 workers busy)
+        with ProcessPoolExecutor(min(args.workers, 2 * len(seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            data = [pool.submit(S.data_job, out, size, seed, stage) for stage in (2, 1) for seed in seeds]
+            for done in as_completed(data):
                 done.result()
     if args.workers == 1 or len(todo) <= 1:
         torch.set_num_threads(1)  # tiny models: one thread (see runtime.set_cpu_threads)
@@ -145,11 +151,14 @@ def main(argv=None) -> int:
     size, out = study_size(args), Path(args.output_dir)
     if size.synthetic_size < size.batch_size:
         raise UsageError(f"--synthetic-size {size.synthetic_size} must be >= --batch-size {size.batch_size}")
-    if size.instructions + len(S.TASKS) * size.vqa_per_task < size.batch_size:
-        raise UsageError(f"stage 2 holds --instructions {size.instructions} + {len(S.TASKS)} x --vqa-per-task "
-                         f"{size.vqa_per_task} records: fewer than --batch-size {size.batch_size}")
+    if size.instructions + sum(S.task_questions(size).values()) < size.batch_size:
+        raise UsageError(f"stage 2 holds --instructions {size.instructions} + --vqa-per-task {size.vqa_per_task} "
+                         f"x --vqa-mix {' '.join(f'{m:g}' for m in size.vqa_mix)} records: fewer than "
+                         f"--batch-size {size.batch_size}")
     methods = list(dict.fromkeys(args.methods))
-    settings = dict(methods=methods, seeds=args.seeds, size=dataclasses.asdict(size), random_init=args.random_init)
+    # as JSON reads it back (the mix's tuple becomes a list), so a rerun compares like with like
+    settings = dict(methods=methods, seeds=args.seeds, size=json.loads(json.dumps(dataclasses.asdict(size))),
+                    random_init=args.random_init)
     with output_lock(out):  # one study per folder (minijarvis/training/lock.py)
         saved = out / "settings.json"
         if saved.exists():

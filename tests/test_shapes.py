@@ -224,6 +224,14 @@ def test_bench_answers_follow_from_scene_geometry():
             assert d(far) >= 1.4 * d(near), f"{item['id']}: {answer} is not clearly closer to the {ref.name}"
 
 
+def test_count_choices_are_the_counts_one_to_four_so_a_letter_is_a_count():
+    items = [bench_item("Count", i, seed=3, render_image=False) for i in range(16)]
+    assert all(it["choices"] == ["1", "2", "3", "4"] for it in items)
+    assert [it["choices"][it["answer_index"]] for it in items[:4]] == ["1", "2", "3", "4"]
+    assert all(bench_item("Count", i, seed=3, render_image=False, max_objects=3)["choices"] == ["1", "2", "3", "4"]
+               for i in range(8))
+
+
 def test_bench_answers_are_balanced_over_letters():
     items = shapes_bench(n_per_task=8, render_image=False)
     for task in TASKS:
@@ -295,7 +303,8 @@ def test_bench_items_with_max_objects_are_small_scenes_and_the_default_is_untouc
     for task in TASKS:
         for i in range(8):
             small = bench_item(task, i, seed=9, render_image=False, max_objects=3)
-            assert (3 if task == "Distance" else 1) <= len(small["scene"].objects) <= 3
+            most = max(3, int(small["choices"][small["answer_index"]])) if task == "Count" else 3
+            assert (3 if task == "Distance" else 1) <= len(small["scene"].objects) <= most
             default = bench_item(task, i, seed=9, render_image=False)
             assert default == bench_item(task, i, seed=9, render_image=False, max_objects=None)
     with pytest.raises(ValueError, match="max_objects"):

@@ -167,6 +167,8 @@ def test_run_one_returns_the_done_marker_without_training(tmp_path, monkeypatch)
     (["--align-steps", "-3"], "must be an integer >= 1"),
     (["--quick", "--synthetic-size", "2"], "must be >= --batch-size"),
     (["--quick", "--instructions", "0", "--vqa-per-task", "0"], "fewer than --batch-size"),
+    (["--quick", "--instructions", "0", "--vqa-mix", "1", "0", "0", "0"], "fewer than --batch-size"),
+    (["--vqa-mix", "1", "-1", "1", "1"], "must be a number >= 0"),
 ])
 def test_bad_flags_are_one_line_usage_errors(argv, words, capsys):
     try:
@@ -279,18 +281,32 @@ def test_methods_are_placed_between_the_bounds_and_the_outputs_mark_them(tmp_pat
     assert without["position"] == {} and any("run llava-blank and llava-expert" in v for v in R.verdicts(without))
 
 
-def test_stage2_data_holds_its_instructions_and_questions_the_first_share_on_small_scenes(tmp_path):
+def test_stage2_data_holds_its_instructions_and_each_tasks_share_of_questions_answered_by_letter(tmp_path):
     import dataclasses
     from minijarvis.evaluation.shapesbench import bench_item
-    size = dataclasses.replace(S.QUICK, instructions=3, vqa_per_task=4, small_scenes=0.5)
+    size = dataclasses.replace(S.QUICK, instructions=3, vqa_per_task=4, vqa_mix=(2, 0.5, 1, 0), small_scenes=0.5)
+    assert S.task_questions(size) == {"Count": 8, "Relation": 2, "Depth": 4, "Distance": 0}
     path, folder = S.stage2_data(tmp_path / "s2", size, seed=1)
     records = json.loads(Path(path).read_text())
     vqa = [r for r in records if r["id"].startswith("study-vqa-")]
-    assert len(records) - len(vqa) == 3 and len(vqa) == 4 * len(TASKS)
-    for task in TASKS:
-        for i in range(4):
-            item = bench_item(task, i, S.VQA_SEED + 1, max_objects=3 if i < 2 else None, render_image=False)
+    assert len(records) - len(vqa) == 3 and len(vqa) == 8 + 2 + 4
+    for task, n in S.task_questions(size).items():
+        for i in range(n):
+            item = bench_item(task, i, S.VQA_SEED + 1, max_objects=3 if i < n // 2 else None, render_image=False)
             rec = next(r for r in vqa if r["id"] == f"study-vqa-{task.lower()}-{i:05d}")
             assert rec["conversations"][0]["value"] == "<image>\n" + item["prompt"]
-            assert rec["conversations"][1]["value"] == item["choices"][item["answer_index"]]
+            assert rec["conversations"][1]["value"] == "ABCD"[item["answer_index"]]  # the letter, as the prompt asks
             assert (Path(folder) / rec["image"]).is_file()
+
+
+def test_the_study_scores_the_letter_it_trained_and_its_mix_flag_round_trips(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv) or 0)
+    summary = {"per_task": {t: {"accuracy": 0.5, "chance": 0.5} for t in TASKS}, "all": {"accuracy": 0.5, "n": 4}}
+    monkeypatch.setattr(eval_script, "main", lambda argv: calls.append(argv) or {"checkpoints": [{"summary": summary}]})
+    monkeypatch.setattr(S, "run_probe", lambda *a: None)
+    S.run_one("llava", 0, S.QUICK, tmp_path)
+    bench = calls[-1]
+    assert bench[bench.index("--score-target") + 1] == "letter"
+    size = study.study_size(study.parse_args(["--quick", "--vqa-mix", "2", "0.5", "1", "1.5"]))
+    assert size.vqa_mix == (2, 0.5, 1, 1.5)

@@ -18,7 +18,8 @@ from minijarvis.encoders import VisionEncoder
 from minijarvis.llm import build_tokenizer
 from minijarvis.toyworld import parts as P
 from minijarvis.toyworld.build import FILES, HELD_OUT, build
-from minijarvis.toyworld.world import WORLD_SEED, caption_text, depth_grid, scene_tensors, text_corpus
+from minijarvis.evaluation.shapesbench import COUNT_CHOICES, bench_item
+from minijarvis.toyworld.world import WORLD_SEED, caption_text, depth_grid, mc_exercise, scene_tensors, text_corpus
 
 HELD = 1 << 31  # held-out indices, away from the build's training and measurement indices
 
@@ -71,6 +72,46 @@ def test_random_init_flag_means_random_tiny_parts_and_tiny_keys_mean_toy_parts()
     assert swapped.tgt_weights == str(TOY_CAPTION_ENCODER)  # the caption encoder as target
     other, _ = cli.new_model_config(cli.parse_args(["--context-encoder", "vit_tiny_patch16_224"]))
     assert other.ctx_weights == ""  # the toy file fits only its own architecture
+
+
+def test_exercises_state_their_answer_and_count_exercises_use_the_bench_choices():
+    kinds = set()
+    for i in range(60):
+        prompt, letter = mc_exercise(i, WORLD_SEED)
+        assert mc_exercise(i, WORLD_SEED) == (prompt, letter)  # deterministic
+        question, *lines, instruction = prompt.split("\n")
+        options = dict(line[1:].split(") ", 1) for line in lines)
+        assert instruction.startswith("Answer with the option's letter") and letter in options
+        if question.startswith("There are "):
+            kinds.add("count")
+            assert tuple(options.values()) == COUNT_CHOICES and question.split()[2] == options[letter]
+        else:
+            kinds.add("pick")
+            assert len(options) == 2 and question.startswith(f"The {options[letter]} is ")
+    assert kinds == {"count", "pick"}
+
+
+def test_the_corpus_answers_every_multiple_choice_question_with_a_letter():
+    tok = build_tokenizer()
+    texts = text_corpus(tok, 0, 0, 2, seed=0, n_exercises=3)
+    assert len(texts) == 2 * 4 + 3
+    answers = [t.split("<|assistant|>\n", 1)[1].split("<|end|>", 1)[0] for t in texts]
+    assert all(a in ("A", "B", "C", "D") for a in answers), answers
+    item = bench_item("Depth", 0, WORLD_SEED, render_image=False)  # the first Depth question, by its letter
+    assert answers[4] == "AB"[item["answer_index"]] and item["question"] in texts[4]
+
+
+def test_toy_llm_answers_a_bench_prompt_with_a_letter():
+    tok = build_tokenizer()
+    toy = AutoModelForCausalLM.from_pretrained(str(TOY_LLM)).eval()
+    letters = [tok.convert_tokens_to_ids(t) for t in "ABCD"]
+    for task in ("Count", "Distance"):
+        item = bench_item(task, 0, seed=0, render_image=False)
+        text = tok.apply_chat_template([{"role": "user", "content": item["prompt"]}], tokenize=False,
+                                       add_generation_prompt=True)
+        with torch.no_grad():
+            probs = toy(tok(text, return_tensors="pt")["input_ids"]).logits[0, -1].softmax(-1)
+        assert probs[letters[:len(item["choices"])]].sum() > 0.9, f"{task}: next token is not a choice's letter"
 
 
 def test_toy_llm_perplexity_on_held_out_text_is_far_below_its_random_twin():

@@ -5,7 +5,7 @@ or Distance question names are outlined by coloured boxes in the image and the q
 ("the red cube (annotated by the magenta box)"); the names are the objects' unique colour+kind. The
 box colours (MARKS) lie outside the objects' palette; CV-Bench's are red, blue and green.
 
-    Count    (2D)  How many cubes / red objects are in the image?           4 choices, no boxes
+    Count    (2D)  How many cubes / red objects are in the image?           choices 1, 2, 3, 4, no boxes
     Relation (2D)  where is A with respect to B? left/right or above/below  2 choices, image coordinates
     Depth    (3D)  Which object is closer to the camera, A or B?            2 choices, camera depth z
     Distance (3D)  Which object is closer to C, A or B?                     2 choices, 3D ground distance
@@ -13,7 +13,10 @@ box colours (MARKS) lie outside the objects' palette; CV-Bench's are red, blue a
 Every answer is unambiguous by construction: relations need bbox centres >= RELATION_MARGIN apart,
 depths differ by a ratio >= DEPTH_RATIO, distances by a ratio >= DISTANCE_RATIO, and counted objects
 keep >= COUNT_MIN_VISIBLE of their bbox unoccluded. The correct letter is assigned round-robin over the
-choices, so answers are balanced over letters for every task. Scenes come from the "bench" seed range
+choices, so answers are balanced over letters for every task. Count's choices are always the counts
+1 to 4 in order (COUNT_CHOICES), so a letter stands for one count and no choice list hints at the
+answer: picking the letter needs the count, not a search of the options for it (the toy LLM does not
+learn that search from images, issue 21). Scenes come from the "bench" seed range
 of `scene_seed`, disjoint from the training data's. No training caption mentions a count, a relation
 or depth, so these questions cannot be answered by reading captions.
 
@@ -41,6 +44,7 @@ RELATION_MARGIN = 0.15  # bbox-centre difference along the asked axis, in image 
 DEPTH_RATIO = 1.35  # farther z / nearer z
 DISTANCE_RATIO = 1.5  # farther 3D distance / nearer 3D distance to the reference object
 COUNT_MIN_VISIBLE = 0.6
+COUNT_CHOICES = ("1", "2", "3", "4")  # Count's choices, in this order: (A) 1 ... (D) 4
 # Box colours, in the order a question names its objects (Relation: A, B; Depth: the two options;
 # Distance: the reference, then the two options). CV-Bench draws red, blue and green boxes; red,
 # blue and green are object colours here, so the boxes take colours no object has.
@@ -90,27 +94,24 @@ def _distance(a, b) -> float:
 
 
 def _count(rng: np.random.Generator, answer: int, max_objects: int | None = None):
-    """A scene with c objects of one kind (or colour) among distractors; choices are 4 consecutive counts
-    containing c, at a random offset, with c at `answer` and the others shuffled around it. With
-    ``max_objects``: c and the distractors together are at most that many."""
-    cap = 6 if max_objects is None else max_objects
-    n_extra = lambda c: int(rng.integers(int(c == 1), min(2, cap - c) + 1))  # noqa: E731  2-6 objects in all
+    """A scene with c = ``answer`` + 1 objects of one kind (or colour) among 0-2 distractors (at
+    least one when c is 1), choices COUNT_CHOICES. With ``max_objects``: at most that many objects
+    in all, or the c counted ones alone when c is larger."""
+    c = int(COUNT_CHOICES[answer])
+    cap = 6 if max_objects is None else max(max_objects, c)
+    n_extra = int(rng.integers(int(c == 1), max(int(c == 1), min(2, cap - c)) + 1))
     if rng.random() < 0.6:
         kind = KINDS[rng.integers(len(KINDS))]
-        c = int(rng.integers(1, min(6, cap)))  # unique colour+kind names allow up to len(COLORS) objects of one kind
         others = [k for k in KINDS if k != kind]
         target, question = (kind, None), f"How many {kind}s are in the image?"
-        extra = [(others[rng.integers(len(others))], None) for _ in range(n_extra(c))]
-    else:
+        extra = [(others[rng.integers(len(others))], None) for _ in range(n_extra)]
+    else:  # unique colour+kind names: at most len(KINDS) objects of one colour
         color = list(COLORS)[rng.integers(len(COLORS))]
-        c = int(rng.integers(1, min(len(KINDS) + 1, cap)))
         others = [k for k in COLORS if k != color]
         target, question = (None, color), f"How many {color} objects are in the image?"
-        extra = [(None, others[rng.integers(len(others))]) for _ in range(n_extra(c))]
+        extra = [(None, others[rng.integers(len(others))]) for _ in range(n_extra)]
     scene = sample_scene(rng, attrs=[target] * c + extra, min_visible=COUNT_MIN_VISIBLE)
-    lo = int(rng.integers(max(0, c - 3), c + 1))
-    rest = [str(v) for v in rng.permutation([v for v in range(lo, lo + 4) if v != c])]
-    return scene, question, rest[:answer] + [str(c)] + rest[answer:], []
+    return scene, question, list(COUNT_CHOICES), []
 
 
 def _scene(rng: np.random.Generator, max_objects: int | None, least: int = 2):
@@ -166,7 +167,7 @@ def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_I
     marks (the names of the boxed objects, in MARKS order; [] for Count), source, and image (PIL RGB,
     boxes drawn; absent when render_image=False -- use render_item(item, size)).
     ``max_objects`` (training questions only, never the benchmark): scenes of at most that many
-    objects (Distance: at least 3), the easy end of a curriculum."""
+    objects (Distance: at least 3; Count: at least its count), the easy end of a curriculum."""
     if max_objects is not None and not 3 <= max_objects <= 5:
         raise ValueError(f"max_objects must be None or 3 to 5, got {max_objects}")
     item_seed = bench_seed(task, index, seed)

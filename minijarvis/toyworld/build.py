@@ -41,6 +41,7 @@ class BuildSize:
     captions: int  # LLM text: captions, conversations, questions per ShapesBench task
     conversations: int
     questions: int
+    exercises: int  # text-only multiple-choice exercises (world.mc_exercise)
     scenes: int  # rendered scenes for the two encoders
     held_out: int  # held-out texts of each kind and held-out scenes, for the measurements
     llm_steps: int
@@ -50,9 +51,9 @@ class BuildSize:
 
 
 SIZES = {
-    "small": BuildSize(captions=16, conversations=16, questions=2, scenes=16, held_out=8,
+    "small": BuildSize(captions=16, conversations=16, questions=2, exercises=4, scenes=16, held_out=8,
                        llm_steps=6, llm_batch=4, encoder_steps=3, batch=8),
-    "full": BuildSize(captions=1500, conversations=1500, questions=100, scenes=2000, held_out=200,
+    "full": BuildSize(captions=1500, conversations=1500, questions=100, exercises=3000, scenes=2000, held_out=200,
                       llm_steps=600, llm_batch=8, encoder_steps=600, batch=32),
 }
 
@@ -62,9 +63,10 @@ def _save_tensors(module: torch.nn.Module, path: Path) -> None:
 
 
 def _build_llm(out: Path, size: BuildSize, seed: int, tok) -> dict:
-    train = P.encode_texts(tok, text_corpus(tok, size.captions, size.conversations, size.questions, seed))
+    train = P.encode_texts(tok, text_corpus(tok, size.captions, size.conversations, size.questions, seed,
+                                            n_exercises=size.exercises))
     held = P.encode_texts(tok, text_corpus(tok, size.held_out, size.held_out, max(1, size.held_out // 4),
-                                           seed, offset=HELD_OUT))
+                                           seed, offset=HELD_OUT, n_exercises=size.held_out))
     torch.manual_seed(seed)
     model = build_llm(preset("tiny", pretrained=False))
     random_ppl = P.perplexity(model, held, tok.pad_token_id)

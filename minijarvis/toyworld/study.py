@@ -1,7 +1,7 @@
 """study.py's parts: the rows, each seed's data, the runs of one (method, seed).
 
 A run = stage 1 (train.py --stage align), stage 2 (--stage finetune --init), ShapesBench
-(eval.py, option likelihood) and, when ``probe.py`` is importable, its per-layer probes on the
+(eval.py, likelihood of each option's letter) and, when ``probe.py`` is importable, its per-layer probes on the
 stage-1 checkpoint. Every row of one seed trains on the same data (same synthetic records,
 same order), written once per seed before any run starts (``prepare_data``: runs in parallel
 never write the same file); seeds change the data, the initialisation of what trains, the masks
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from minijarvis.config import ENCODERS, METHODS
 from minijarvis.data.synthetic import save_image, write_llava_folder
 from minijarvis.errors import InputError, read_json
-from minijarvis.evaluation.shapesbench import TASKS, bench_item
+from minijarvis.evaluation.shapesbench import LETTERS, TASKS, bench_item
 
 VQA_SEED = 5000  # user seed of the stage-2 vision-centric questions: never the bench's seed 0
 DONE = "done.json"
@@ -57,7 +57,8 @@ BOUND_FLAGS = {"llava-blank": (["--blank-images"], ["--blank-images"], ["--blank
 class StudySize:
     synthetic_size: int  # stage-1 caption records
     instructions: int  # stage-2 built-in instruction records
-    vqa_per_task: int  # stage-2 vision-centric questions per ShapesBench task (0: none)
+    vqa_per_task: int  # stage-2 vision-centric questions per ShapesBench task (0: none), times vqa_mix
+    vqa_mix: tuple[float, ...]  # each task's multiple of vqa_per_task, in TASKS order
     small_scenes: float  # share of those questions on scenes of at most 3 objects (the easy end)
     align_steps: int
     finetune_steps: int
@@ -68,9 +69,9 @@ class StudySize:
     probe_steps: int
 
 
-QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, small_scenes=0.5, align_steps=1,
+QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=0.5, align_steps=1,
                   finetune_steps=1, finetune_lr=1e-3, batch_size=4, n_per_task=1, probe_images=12, probe_steps=2)
-DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, small_scenes=0.5, align_steps=300,
+DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(2, 0.5, 1, 1.5), small_scenes=0.5, align_steps=300,
                     finetune_steps=900, finetune_lr=1e-3, batch_size=16, n_per_task=200, probe_images=96,
                     probe_steps=100)
 
@@ -81,38 +82,50 @@ def stage1_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     return str(write_llava_folder(folder, "caption", size.synthetic_size, seed=seed, save_size=IMAGE_SIZE)), str(folder)
 
 
+def task_questions(size: StudySize) -> dict[str, int]:
+    """Stage-2 questions of each ShapesBench task: ``vqa_per_task`` times the task's ``vqa_mix``."""
+    return {task: round(size.vqa_per_task * m) for task, m in zip(TASKS, size.vqa_mix)}
+
+
 def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
-    """Stage-2 data of one seed: ``instructions`` built-in instructions plus ``vqa_per_task``
-    questions of each ShapesBench task in its own wording, answered by the option's text
-    (LLaVA-665k's stand-in for VQAv2 / GQA's counting and spatial rows), on "bench"-split scenes
-    of user seed VQA_SEED + seed, never the evaluation's seed 0. The first ``small_scenes`` share
-    of each task's questions are on scenes of at most 3 objects (Distance: exactly 3), the easy
-    end of a curriculum (``bench_item(max_objects=3)``). Cached: written once per folder."""
+    """Stage-2 data of one seed: ``instructions`` built-in instructions plus each ShapesBench
+    task's questions (:func:`task_questions`) in its own multiple-choice wording, answered with
+    the right option's letter, as the prompt asks (LLaVA-665k's stand-in: its multiple-choice
+    rows, A-OKVQA's, answer a prompt ending "Answer with the option's letter from the given
+    choices directly." with the letter), on "bench"-split scenes of user seed VQA_SEED + seed,
+    never the evaluation's seed 0. The first ``small_scenes`` share of each task's questions are
+    on scenes of at most 3 objects (Distance: exactly 3), the easy end of a curriculum
+    (``bench_item(max_objects=3)``). Cached: written once per folder."""
     path = folder / "study.json"
     if path.exists():
         return str(path), str(folder)
     records = json.loads(write_llava_folder(folder, "instruct", size.instructions, seed=seed,
                                             save_size=IMAGE_SIZE).read_text()) if size.instructions else []
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    n_small = round(size.small_scenes * size.vqa_per_task)
-    for task in TASKS:
-        for i in tqdm(range(size.vqa_per_task), desc=f"stage-2 {task} questions", unit="img", leave=False):
+    for task, n in task_questions(size).items():
+        n_small = round(size.small_scenes * n)
+        for i in tqdm(range(n), desc=f"stage-2 {task} questions", unit="img", leave=False):
             item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None)
             rel = f"images/vqa-{task.lower()}-{i:05d}.png"
             save_image(item["image"], folder / rel, IMAGE_SIZE)
             records.append({"id": f"study-vqa-{task.lower()}-{i:05d}", "image": rel, "conversations": [
                 {"from": "human", "value": "<image>\n" + item["prompt"]},
-                {"from": "gpt", "value": item["choices"][item["answer_index"]]}]})
+                {"from": "gpt", "value": LETTERS[item["answer_index"]]}]})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(records))
     tmp.replace(path)
     return str(path), str(folder)
 
 
+def data_job(out: Path, size: StudySize, seed: int, stage: int) -> tuple[str, str]:
+    """Stage ``stage``'s data of ``seed`` under ``out/data`` (a job of its own: study.py
+    writes every seed's two stages side by side before any run starts)."""
+    return (stage1_data if stage == 1 else stage2_data)(out / "data" / f"stage{stage}-seed{seed}", size, seed)
+
+
 def prepare_data(out: Path, size: StudySize, seed: int) -> dict:
     """Both stages' data of ``seed`` under ``out/data`` (before any run of it starts)."""
-    return dict(stage1=stage1_data(out / "data" / f"stage1-seed{seed}", size, seed),
-                stage2=stage2_data(out / "data" / f"stage2-seed{seed}", size, seed))
+    return dict(stage1=data_job(out, size, seed, 1), stage2=data_job(out, size, seed, 2))
 
 
 # ---------------------------------------------------------------- one run
@@ -160,7 +173,8 @@ def run_one(method: str, seed: int, size: StudySize, out: Path, random_init: boo
               "--lr", str(size.finetune_lr), *flags2]
     if train.main(stage2) != 0:
         raise RuntimeError(f"stage 2 of {method} seed {seed} failed")
-    bench = eval_script.main(["--checkpoint", str(run / "finetune"), "--bench", "shapes", *flags_eval,
+    bench = eval_script.main(["--checkpoint", str(run / "finetune"), "--bench", "shapes", "--score-target", "letter",
+                              *flags_eval,
                               "--n-per-task", str(size.n_per_task), "--output-dir", str(run / "eval")])
     summary = bench["checkpoints"][0]["summary"]
     result = dict(method=method, seed=seed, size=asdict(size), random_init=random_init,

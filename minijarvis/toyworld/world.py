@@ -2,9 +2,12 @@
 
 * :func:`text_corpus` -- the toy language, in the formats train.py feeds the LLM: stage-1
   captions (the caption alone, as the plain template labels it), stage-2 conversations (the
-  chat template, ``<image>`` removed: the LLM never sees pixels), and CV-Bench-style questions
-  with their options and answer (``shapesbench.format_prompt``; the answer is right for a scene
-  the text does not show, so the LLM learns the questions and their options, not the answers).
+  chat template, ``<image>`` removed: the LLM never sees pixels), CV-Bench-style questions
+  with their options, answered with the right option's letter as their prompt asks
+  (``shapesbench.format_prompt``; the answer is right for a scene the text does not show, so
+  the LLM learns the questions and their format, not the answers), and multiple-choice
+  exercises whose text states the answer (:func:`mc_exercise`: a real LLM arrives knowing how
+  to pick an option by its letter; the toy one learns it here).
 * :func:`scene_tensors` -- rendered scenes as the encoders see them ([0, 1] images at the tiny
   preset's size, resized like ``data.images.load_image``), their incomplete captions, where each
   object the caption names is (its visible share of every patch: what a region-level caption
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from minijarvis.data import shapes as S
 from minijarvis.data import synthetic as T
 from minijarvis.data.images import load_image
-from minijarvis.evaluation.shapesbench import TASKS, bench_item, format_prompt
+from minijarvis.evaluation.shapesbench import COUNT_CHOICES, LETTERS, TASKS, bench_item, format_prompt
 
 WORLD_SEED = 1000  # offset of the build's user seed: away from train.py's seeds 0, 1, 2, ...
 SKY_DEPTH = 30.0  # depth given to sky patches (beyond the farthest ground line drawn, 20)
@@ -58,9 +61,10 @@ def caption_text(index: int, seed: int) -> tuple[S.Scene, str]:
 
 
 def text_corpus(tokenizer, n_captions: int, n_instruct: int, n_questions: int, seed: int,
-                offset: int = 0) -> list[str]:
-    """Training text of the toy LLM: captions, conversations and benchmark-style questions
-    (``n_questions`` per ShapesBench task). ``offset`` shifts every index (held-out text)."""
+                offset: int = 0, n_exercises: int = 0) -> list[str]:
+    """Training text of the toy LLM: captions, conversations, benchmark-style questions
+    (``n_questions`` per ShapesBench task) and ``n_exercises`` multiple-choice exercises.
+    ``offset`` shifts every index (held-out text)."""
     world = WORLD_SEED + seed
     out = []
     for i in tqdm(range(n_captions), desc="text: captions", unit="doc", leave=False):
@@ -70,9 +74,33 @@ def text_corpus(tokenizer, n_captions: int, n_instruct: int, n_questions: int, s
     for task in TASKS:
         for i in tqdm(range(n_questions), desc=f"text: {task}", unit="doc", leave=False):
             item = bench_item(task, offset + i, world, render_image=False)
-            out.append(_chat(tokenizer, [(format_prompt(item["question"], item["choices"]),
-                                          item["choices"][item["answer_index"]])]))
+            out.append(_chat(tokenizer, [(format_prompt(item["question"], item["choices"]), LETTERS[item["answer_index"]])]))
+    for i in tqdm(range(n_exercises), desc="text: exercises", unit="doc", leave=False):
+        out.append(_chat(tokenizer, [mc_exercise(offset + i, world)]))
     return out
+
+
+COMPARISONS = ("closer to the camera", "bigger", "further to the left", "higher up", "closer to the magenta box")
+
+
+def mc_exercise(index: int, seed: int) -> tuple[str, str]:
+    """A text-only multiple-choice question whose own text states the answer, in ShapesBench's
+    format: (prompt, the right option's letter). Half count ("There are 3 cones in the box. How
+    many cones are in the box?", options 1-4 as ShapesBench's Count), half pick one of two named
+    objects by a comparison the text states ("The red cube is bigger than the blue cone. Which
+    object is bigger, ...?"). Teaches the letter-picking step alone: nothing in it is about an
+    image. Deterministic per (index, seed)."""
+    rng = np.random.default_rng([seed, 77, index])
+    if rng.random() < 0.5:
+        n = int(rng.integers(1, len(COUNT_CHOICES) + 1))
+        what = f"{S.KINDS[rng.integers(len(S.KINDS))]}s" if rng.random() < 0.6 else f"{list(S.COLORS)[rng.integers(len(S.COLORS))]} objects"
+        question, choices, answer = f"There are {n} {what} in the box. How many {what} are in the box?", list(COUNT_CHOICES), str(n)
+    else:
+        a, b = (PHRASES[k] for k in rng.choice(len(PHRASES), 2, replace=False))
+        rel = COMPARISONS[rng.integers(len(COMPARISONS))]
+        question = f"The {a} is {rel} than the {b}. Which object is {rel}, the {a} or the {b}?"
+        choices, answer = ([a, b] if rng.random() < 0.5 else [b, a]), a
+    return format_prompt(question, choices), LETTERS[choices.index(answer)]
 
 
 MAX_OBJECTS = 5  # sample_scene draws 2-5 objects
