@@ -4,6 +4,7 @@ flags, bad flags are one-line usage errors, and the statistics are the documente
 planted effect is found with its sign, a copy of llava is no difference)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_each_row_trains_and_answers_with_its_flags(tmp_path, monkeypatch, row, 
     assert extra(second, {"--stage", "--init", "--data", "--image-folder", "--max-steps", "--output-dir",
                           "--seed", "--batch-size", "--lr"}) == stage2
     assert float(second[second.index("--lr") + 1]) == S.QUICK.finetune_lr
-    assert extra(evaluated, {"--checkpoint", "--bench", "--n-per-task", "--output-dir"}) == bench
+    assert extra(evaluated, {"--checkpoint", "--bench", "--n-per-task", "--output-dir", "--score-target"}) == bench
+    assert evaluated[evaluated.index("--score-target") + 1] == "letter"  # stage 2 answered by letter
 
 
 def test_blank_images_replace_every_image_after_it_is_loaded(tmp_path):
@@ -299,14 +301,8 @@ def test_stage2_data_holds_its_instructions_and_each_tasks_share_of_questions_an
             assert (Path(folder) / rec["image"]).is_file()
 
 
-def test_the_study_scores_the_letter_it_trained_and_its_mix_flag_round_trips(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv) or 0)
-    summary = {"per_task": {t: {"accuracy": 0.5, "chance": 0.5} for t in TASKS}, "all": {"accuracy": 0.5, "n": 4}}
-    monkeypatch.setattr(eval_script, "main", lambda argv: calls.append(argv) or {"checkpoints": [{"summary": summary}]})
-    monkeypatch.setattr(S, "run_probe", lambda *a: None)
-    S.run_one("llava", 0, S.QUICK, tmp_path)
-    bench = calls[-1]
-    assert bench[bench.index("--score-target") + 1] == "letter"
+def test_the_mix_flag_sets_each_tasks_share():
     size = study.study_size(study.parse_args(["--quick", "--vqa-mix", "2", "0.5", "1", "1.5"]))
     assert size.vqa_mix == (2, 0.5, 1, 1.5)
+    assert S.task_questions(dataclasses.replace(size, vqa_per_task=10)) == {
+        "Count": 20, "Relation": 5, "Depth": 10, "Distance": 15}
