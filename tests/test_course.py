@@ -85,3 +85,17 @@ def test_every_handout_has_its_sections_and_the_course_readme_links_it():
             assert section in text, f"{folder}/handout.md lacks {section}"
     for link in __import__("re").findall(r"\]\(([^)#]+)\)", readme):
         assert (course / link).exists(), f"course/README.md links a missing file {link}"
+
+
+def test_a4_refuses_a_quick_size_study_as_study_json_holds_it(tmp_path):
+    import dataclasses
+    import json
+    from types import SimpleNamespace
+
+    from course.a4_experiment import checks
+    from minijarvis.toyworld import study as S
+    real = json.loads((Path(__file__).resolve().parents[1] / "docs" / "study.json").read_text())
+    real["settings"]["size"] = json.loads(json.dumps(dataclasses.asdict(S.QUICK)))  # tuples come back as lists
+    (tmp_path / "study.json").write_text(json.dumps(real))
+    with pytest.raises(AssertionError, match="--quick size"):
+        checks.study_is_a_real_size_with_two_seeds_and_probes(SimpleNamespace(study=tmp_path / "study.json"), None)

@@ -51,7 +51,8 @@ def study_is_a_real_size_with_two_seeds_and_probes(impl, cases):
     import dataclasses
     d = _study(impl)
     assert d["settings"]["seeds"] >= 2, "run at least 2 seeds (--seeds 2)"
-    assert d["settings"]["size"] != dataclasses.asdict(S.QUICK), "this is the --quick size: its numbers mean nothing"
+    quick = json.loads(json.dumps(dataclasses.asdict(S.QUICK)))  # as study.json holds it (tuples are lists)
+    assert d["settings"]["size"] != quick, "this is the --quick size: its numbers mean nothing"
     assert all(run.get("probe") for run in d["runs"]), "every run needs its per-layer probes"
 
 
