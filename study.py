@@ -42,9 +42,7 @@ import torch
 from minijarvis.toyworld import study as S
 from minijarvis.toyworld import study_report as R
 from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_float, nonnegative_int, positive_float,
-                               positive_int,
-                               probability, read_json,
-                               run_main)
+                               positive_int, probability, read_json, run_main)
 from minijarvis.training.lock import output_lock
 
 
