@@ -53,8 +53,8 @@ class BuildSize:
 SIZES = {
     "small": BuildSize(captions=16, conversations=16, questions=2, exercises=4, scenes=16, held_out=8,
                        llm_steps=6, llm_batch=4, encoder_steps=3, batch=8),
-    "full": BuildSize(captions=1500, conversations=1500, questions=100, exercises=3000, scenes=2000, held_out=200,
-                      llm_steps=600, llm_batch=8, encoder_steps=600, batch=32),
+    "full": BuildSize(captions=1500, conversations=1500, questions=100, exercises=3000, scenes=10000, held_out=200,
+                      llm_steps=600, llm_batch=8, encoder_steps=6000, batch=32),
 }
 
 
