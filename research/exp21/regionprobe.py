@@ -9,6 +9,7 @@ from minijarvis.config import TOY_ASSETS
 from minijarvis.llm import build_tokenizer
 from minijarvis.toyworld import parts as P
 from minijarvis.toyworld.build import HELD_OUT, encoder_geometry
+from minijarvis.data.shapes import KINDS
 from minijarvis.toyworld.world import PHRASES, scene_tensors
 torch.set_num_threads(1)
 tok = build_tokenizer()
@@ -25,5 +26,6 @@ with torch.no_grad():
     pred = logits.argmax(-1)
     acc = (pred[present] == ph[present]).float().mean()
     print(TOY_ASSETS, "region phrase top1 %.3f" % acc, "of", int(present.sum()))
-    kind = (pred % 4 == ph % 4)[present].float().mean(); col = (pred // 4 == ph // 4)[present].float().mean()
+    k = len(KINDS)  # PHRASES runs colour by colour, each over the kinds
+    kind = (pred % k == ph % k)[present].float().mean(); col = (pred // k == ph // k)[present].float().mean()
     print("kind %.3f colour %.3f" % (kind, col))
