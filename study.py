@@ -65,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--vqa-per-task", type=nonnegative_int, default=None, help=f"stage-2 vision-centric questions per task (default {d.vqa_per_task})")
     add("--vqa-mix", type=nonnegative_float, nargs=4, default=None, metavar=("COUNT", "RELATION", "DEPTH", "DISTANCE"),
         help=f"each task's stage-2 questions as a multiple of --vqa-per-task (default {' '.join(f'{m:g}' for m in d.vqa_mix)})")
-    add("--small-scenes", type=probability, default=None, help=f"share of those on scenes of at most 3 objects (default {d.small_scenes})")
+    add("--small-scenes", type=probability, nargs=4, default=None, metavar=("COUNT", "RELATION", "DEPTH", "DISTANCE"),
+        help=f"each task's share of its questions on scenes of at most 3 objects "
+             f"(default {' '.join(f'{m:g}' for m in d.small_scenes)})")
     add("--align-steps", type=positive_int, default=None, help=f"stage-1 optimizer steps (default {d.align_steps})")
     add("--finetune-steps", type=positive_int, default=None, help=f"stage-2 optimizer steps (default {d.finetune_steps})")
     add("--finetune-lr", type=positive_float, default=None, help=f"stage-2 peak learning rate (default {d.finetune_lr})")
@@ -81,8 +83,9 @@ def study_size(args) -> S.StudySize:
     base = S.QUICK if args.quick else S.DEFAULT
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(S.StudySize)
              if getattr(args, f.name, None) is not None}
-    if "vqa_mix" in given:
-        given["vqa_mix"] = tuple(given["vqa_mix"])
+    for name in ("vqa_mix", "small_scenes"):
+        if name in given:
+            given[name] = tuple(given[name])
     return dataclasses.replace(base, **given)
 
 
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
             if not (isinstance(old, dict) and {"size", "random_init"} <= old.keys()):
                 raise InputError(f"{saved}: damaged study settings (no size or random_init); restore it, "
                                  "or use another --output-dir")
+            if isinstance(old["size"], dict) and isinstance(old["size"].get("small_scenes"), (int, float)):
+                old["size"]["small_scenes"] = [old["size"]["small_scenes"]] * len(S.TASKS)  # before 2026-12-06: one share
             if (old["size"], old["random_init"]) != (settings["size"], settings["random_init"]):
                 raise UsageError(f"{out} holds runs of other sizes ({old['size']}); "
                                  "use another --output-dir or the same sizes")

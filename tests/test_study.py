@@ -191,6 +191,26 @@ def test_other_sizes_in_the_same_output_dir_are_refused(tmp_path, capsys):
     assert "other sizes" in capsys.readouterr().err
 
 
+def test_a_study_folder_from_before_per_task_shares_resumes_when_its_one_share_matches(tmp_path, monkeypatch, capsys):
+    class Resumed(Exception):
+        pass
+
+    def stop(*a):
+        raise Resumed
+    monkeypatch.setattr(study, "run_all", stop)
+    size = dataclasses.asdict(S.QUICK)
+    (tmp_path / "out").mkdir()
+    for share, resumes in ((0.5, True), (0.25, False)):  # QUICK's four shares are 0.5
+        (tmp_path / "out" / "settings.json").write_text(json.dumps(
+            {"size": dict(size, small_scenes=share), "random_init": False}))
+        if resumes:
+            with pytest.raises(Resumed):
+                study.main(["--quick", "--output-dir", "out"])
+        else:
+            assert run_main(study.main, "study.py", ["--quick", "--output-dir", "out"]) == 2
+            assert "other sizes" in capsys.readouterr().err
+
+
 def test_t_interval_is_students_at_95_percent():
     s = R.t_interval([0.5, 0.6, 0.7])
     assert s["mean"] == pytest.approx(0.6) and s["half"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-4)
@@ -286,19 +306,27 @@ def test_methods_are_placed_between_the_bounds_and_the_outputs_mark_them(tmp_pat
 def test_stage2_data_holds_its_instructions_and_each_tasks_share_of_questions_answered_by_letter(tmp_path):
     import dataclasses
     from minijarvis.evaluation.shapesbench import bench_item
-    size = dataclasses.replace(S.QUICK, instructions=3, vqa_per_task=4, vqa_mix=(2, 0.5, 1, 0), small_scenes=0.5)
+    size = dataclasses.replace(S.QUICK, instructions=3, vqa_per_task=4, vqa_mix=(2, 0.5, 1, 0),
+                               small_scenes=(0, 0.5, 1, 0.5))
     assert S.task_questions(size) == {"Count": 8, "Relation": 2, "Depth": 4, "Distance": 0}
     path, folder = S.stage2_data(tmp_path / "s2", size, seed=1)
     records = json.loads(Path(path).read_text())
     vqa = [r for r in records if r["id"].startswith("study-vqa-")]
     assert len(records) - len(vqa) == 3 and len(vqa) == 8 + 2 + 4
-    for task, n in S.task_questions(size).items():
+    for (task, n), small in zip(S.task_questions(size).items(), (0, 1, 4, 0)):  # the first `small` of each task
         for i in range(n):
-            item = bench_item(task, i, S.VQA_SEED + 1, max_objects=3 if i < n // 2 else None, render_image=False)
+            item = bench_item(task, i, S.VQA_SEED + 1, max_objects=3 if i < small else None, render_image=False)
             rec = next(r for r in vqa if r["id"] == f"study-vqa-{task.lower()}-{i:05d}")
             assert rec["conversations"][0]["value"] == "<image>\n" + item["prompt"]
             assert rec["conversations"][1]["value"] == "ABCD"[item["answer_index"]]  # the letter, as the prompt asks
             assert (Path(folder) / rec["image"]).is_file()
+
+
+def test_the_small_scenes_flag_sets_each_tasks_share():
+    size = study.study_size(study.parse_args(["--quick", "--small-scenes", "0", "0.25", "1", "0.5"]))
+    assert size.small_scenes == (0, 0.25, 1, 0.5)
+    with pytest.raises(SystemExit):
+        study.parse_args(["--small-scenes", "0.5"])  # one share per task
 
 
 def test_the_mix_flag_sets_each_tasks_share():

@@ -59,7 +59,7 @@ class StudySize:
     instructions: int  # stage-2 built-in instruction records
     vqa_per_task: int  # stage-2 vision-centric questions per ShapesBench task (0: none), times vqa_mix
     vqa_mix: tuple[float, ...]  # each task's multiple of vqa_per_task, in TASKS order
-    small_scenes: float  # share of those questions on scenes of at most 3 objects (the easy end)
+    small_scenes: tuple[float, ...]  # each task's share of its questions on scenes of at most 3 objects
     align_steps: int
     finetune_steps: int
     finetune_lr: float
@@ -69,9 +69,9 @@ class StudySize:
     probe_steps: int
 
 
-QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=0.5, align_steps=1,
+QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=(0.5, 0.5, 0.5, 0.5), align_steps=1,
                   finetune_steps=1, finetune_lr=1e-3, batch_size=4, n_per_task=1, probe_images=12, probe_steps=2)
-DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(2, 1, 1, 1.5), small_scenes=0.5,
+DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(2, 1, 1, 1.5), small_scenes=(0.5, 0.5, 0.5, 0.5),
                     align_steps=600, finetune_steps=1800, finetune_lr=1e-3, batch_size=8, n_per_task=200,
                     probe_images=96, probe_steps=100)
 
@@ -93,17 +93,18 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     the right option's letter, as the prompt asks (LLaVA-665k's stand-in: its multiple-choice
     rows, A-OKVQA's, answer a prompt ending "Answer with the option's letter from the given
     choices directly." with the letter), on "bench"-split scenes of user seed VQA_SEED + seed,
-    never the evaluation's seed 0. The first ``small_scenes`` share of each task's questions are
-    on scenes of at most 3 objects (Distance: exactly 3), the easy end of a curriculum
-    (``bench_item(max_objects=3)``). Cached: written once per folder."""
+    never the evaluation's seed 0. The first ``small_scenes`` share of each task's questions
+    (one share per task, in TASKS order) are on scenes of at most 3 objects (Distance: exactly
+    3), the easy end of a curriculum (``bench_item(max_objects=3)``). Cached: written once per
+    folder."""
     path = folder / "study.json"
     if path.exists():
         return str(path), str(folder)
     records = json.loads(write_llava_folder(folder, "instruct", size.instructions, seed=seed,
                                             save_size=IMAGE_SIZE).read_text()) if size.instructions else []
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for task, n in task_questions(size).items():
-        n_small = round(size.small_scenes * n)
+    for (task, n), small in zip(task_questions(size).items(), size.small_scenes):
+        n_small = round(small * n)
         for i in tqdm(range(n), desc=f"stage-2 {task} questions", unit="img", leave=False):
             item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None)
             rel = f"images/vqa-{task.lower()}-{i:05d}.png"
