@@ -3,8 +3,9 @@
 For each checkpoint (frozen), each LLM layer (0 = input embeddings, ..., L) and each target
 encoder, a probe learns to predict the target's features of an image from that layer's hidden
 states (probe-train images); it is scored on other images (probe-test) by the cosine between
-flattened prediction and target (VisPer-LM's probe score) and by the mean per-token cosine,
-each with a 95% bootstrap interval. One LLM forward per image batch feeds all layers' probes.
+flattened prediction and target (VisPer-LM's probe score), by the mean per-token cosine and
+by the centred cosine (the flat one with the probe-train mean target removed from both), each
+with a 95% bootstrap interval. One LLM forward per image batch feeds all layers' probes.
 
 Offline, tiny checkpoints from ``python train.py --stage align [--method llava]``:
 

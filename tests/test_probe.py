@@ -71,6 +71,18 @@ def test_cosine_scores_flat_and_per_token():
     assert s["flat"].item() == pytest.approx((1 - 4) / 5)  # the larger token weighs more
 
 
+def test_the_centred_score_counts_only_what_differs_from_the_mean_target():
+    torch.manual_seed(0)
+    mean = 5 * torch.randn(1, 4, 3)  # a large common part, as the toy expert's patch positions
+    y = mean + torch.randn(6, 4, 3)
+    s = P.cosine_scores(torch.stack([mean.expand_as(y), mean + 0.5 * (y - mean)]), y, mean)
+    assert torch.all(s["flat"][0] > 0.8)  # the mean predictor scores high on the flat cosine...
+    assert torch.allclose(s["centred"][0], torch.zeros(6))  # ...and 0 once the mean is removed
+    assert torch.allclose(s["centred"][1], torch.ones(6), atol=1e-6)  # the image's own part, scaled
+    assert "centred" not in P.cosine_scores(y, y)  # only given the mean
+    assert torch.allclose(P.baseline_scores(y[:3], y[3:])["centred"], torch.zeros(3))
+
+
 def test_mean_predictor_baseline():
     common = torch.randn(1, 4, 3)
     assert torch.allclose(P.baseline_scores(common.expand(5, -1, -1), common.expand(3, -1, -1))["flat"],
@@ -151,8 +163,8 @@ def test_outputs_exist_and_name_every_checkpoint(checkpoints, tmp_path):
     result = _run(checkpoints, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "probe.csv")))
     assert {r["checkpoint"] for r in rows} == {"tiny-llava", "tiny-jarvis"}
-    # 3 layers (0..2) x 2 metrics per checkpoint, plus two baseline rows
-    assert sum(r["probe"] == "linear" for r in rows) == 2 * 3 * 2
+    # 3 layers (0..2) x 3 metrics (flat, token, centred) per checkpoint, plus baseline rows
+    assert sum(r["probe"] == "linear" for r in rows) == 2 * 3 * 3
     assert all(float(r["lo"]) <= float(r["mean"]) <= float(r["hi"]) for r in rows)
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert [c["label"] for c in saved["checkpoints"]] == ["tiny-llava", "tiny-jarvis"]
@@ -172,7 +184,7 @@ def test_pooled_target_and_stage2_checkpoint(tmp_path):
         out = probepy.main(["--checkpoint", str(tmp_path / "s2"), "--target", "tiny-gen", "--limit", "8",
                             "--steps", "2", "--layers", "2", "--probe", kind, "--output-dir", str(tmp_path / kind)])
         rows = out["checkpoints"][0]["rows"]
-        assert [r["layer"] for r in rows] == [2, 2] and all(-1 <= r["mean"] <= 1 for r in rows)
+        assert [r["layer"] for r in rows] == [2, 2, 2] and all(-1 <= r["mean"] <= 1 for r in rows)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma2", "mistral", "local-dir"])

@@ -21,7 +21,9 @@ Probes (both trained the same way; they differ only in what they can read):
 
 A probe that only learned the average target already scores well when the targets share a
 common direction, so :func:`baseline_scores` gives the score of that "mean predictor": a layer
-is informative by how far it rises above it.
+is informative by how far it rises above it. The ``centred`` score removes that common part
+before the cosine (the probe-train mean target, from prediction and target alike): the mean
+predictor scores 0 on it, and only what a layer says about *this* image counts.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from minijarvis.training.runtime import cosine_lr
 from minijarvis.visper import Resampler
 
 PROBES = ("resampler", "linear")
-METRICS = ("flat", "token")
+METRICS = ("flat", "token", "centred")
 
 
 # ---------------------------------------------------------------- probes, batched over layers
@@ -143,33 +145,38 @@ def train_probes(probes: nn.Module, kind: str, hidden: torch.Tensor, targets: to
     return losses
 
 
-def cosine_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+def cosine_scores(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-image scores of predictions [..., B, M, D] against targets [B, M, D]: ``flat`` =
     cosine of the flattened [M*D] vectors (VisPer-LM's), ``token`` = mean over the M tokens of
-    the per-token cosine. Each [..., B]."""
+    the per-token cosine, and, given the probe-train mean target ``mean`` [1, M, D],
+    ``centred`` = the flat cosine of ``pred - mean`` and ``target - mean``. Each [..., B]."""
     target = target.expand_as(pred)
-    flat = F.cosine_similarity(pred.flatten(-2), target.flatten(-2), dim=-1)
-    token = F.cosine_similarity(pred, target, dim=-1).mean(-1)
-    return {"flat": flat, "token": token}
+    scores = {"flat": F.cosine_similarity(pred.flatten(-2), target.flatten(-2), dim=-1),
+              "token": F.cosine_similarity(pred, target, dim=-1).mean(-1)}
+    if mean is not None:
+        scores["centred"] = F.cosine_similarity((pred - mean).flatten(-2), (target - mean).flatten(-2), dim=-1)
+    return scores
 
 
 @torch.no_grad()
 def score_probes(probes: nn.Module, kind: str, hidden: torch.Tensor, targets: torch.Tensor,
-                 visual: slice, batch_size: int, device="cpu") -> dict[str, torch.Tensor]:
-    """Scores of every probe on every image of ``hidden`` / ``targets``: metric -> [P, n]."""
+                 visual: slice, batch_size: int, device="cpu", mean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Scores of every probe on every image of ``hidden`` / ``targets``: metric -> [P, n]
+    (``centred`` only given ``mean``, the probe-train mean target)."""
     probes.to(device).eval()
+    mean = None if mean is None else mean.to(device).float()
     parts = []
     for start in range(0, hidden.shape[0], batch_size):
         h, y = hidden[start:start + batch_size].to(device).float(), targets[start:start + batch_size].to(device).float()
-        parts.append(cosine_scores(probes(probe_inputs(kind, h, visual, y.shape[1])), y))
-    return {m: torch.cat([p[m] for p in parts], dim=1).cpu() for m in METRICS}
+        parts.append(cosine_scores(probes(probe_inputs(kind, h, visual, y.shape[1])), y, mean))
+    return {m: torch.cat([p[m] for p in parts], dim=1).cpu() for m in parts[0]}
 
 
 def baseline_scores(train_targets: torch.Tensor, test_targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """Scores of the 'mean predictor' (the probe-train images' mean target, whatever the layer):
     the level a probe reaches without reading anything. metric -> [n_test]."""
     mean = train_targets.float().mean(0, keepdim=True)
-    return cosine_scores(mean.expand_as(test_targets), test_targets.float())
+    return cosine_scores(mean.expand_as(test_targets), test_targets.float(), mean)  # centred: 0
 
 
 def bootstrap(scores: torch.Tensor, resamples: int = 1000, seed: int = 0,

@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 CSV_COLUMNS = ("checkpoint", "target", "layer", "probe", "metric", "mean", "lo", "hi")
-METRIC_NAMES = {"flat": "cosine of flattened features (paper)", "token": "mean per-token cosine"}
+METRIC_NAMES = {"flat": "cosine of flattened features (paper)", "token": "mean per-token cosine",
+                "centred": "flat cosine, probe-train mean removed"}
 
 
 def csv_rows(runs: list[dict], probe: str):
@@ -36,14 +37,14 @@ def write_outputs(out_dir: Path, runs: list[dict], settings: dict) -> dict[str, 
 
 
 def plot(runs: list[dict], settings: dict, path: Path) -> None:
-    """Rows: the two metrics; columns: the targets. x = layer (0 = input embeddings)."""
+    """Rows: the metrics; columns: the targets. x = layer (0 = input embeddings)."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend stays untouched
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     targets = list(dict.fromkeys(r["target"] for run in runs for r in run["rows"]))
     metrics = list(METRIC_NAMES)
-    fig = Figure(figsize=(max(7.0, 1.5 + 4.2 * len(targets)), 6.6), dpi=80)
+    fig = Figure(figsize=(max(7.0, 1.5 + 4.2 * len(targets)), 1.2 + 2.7 * len(metrics)), dpi=80)
     axes = fig.subplots(len(metrics), len(targets), squeeze=False)
     colors = [f"C{k % 10}" for k in range(len(runs))]
     for i, metric in enumerate(metrics):

@@ -222,7 +222,8 @@ def probe_checkpoint(info: CheckpointInfo, layers: list[int], targets: list, ite
                                args.seed, args.probe_width)
         P.train_probes(probes, args.probe, hidden[:n_train], y[:n_train], visual, args.steps, args.batch_size,
                        args.seed, args.lr, device, desc=f"{info.label} {name} probes")
-        scores = P.score_probes(probes, args.probe, hidden[n_train:], y[n_train:], visual, args.batch_size, device)
+        scores = P.score_probes(probes, args.probe, hidden[n_train:], y[n_train:], visual, args.batch_size, device,
+                                mean=y[:n_train].mean(0, keepdim=True))
         base = P.baseline_scores(y[:n_train], y[n_train:])
         for metric in P.METRICS:
             mean, lo, hi = P.bootstrap(scores[metric], args.bootstrap, args.seed)
