@@ -237,11 +237,29 @@ def test_generation_with_cache_matches_recomputing_everything(tokenizer):
                      labels=torch.full((1, len(row)), -100), images=images,
                      has_image=torch.tensor([True]))
         x = model.prepare_inputs(batch)
-        nxt = int(model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits[0, -1].argmax())
+        nxt = int(model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits[0, -1, :len(model.tokenizer)].argmax())
         if nxt in (model.tokenizer.eos_token_id, model.tokenizer.get_vocab().get("<|end|>")):
             break
         new.append(nxt)
     assert answer == model.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generation_never_predicts_a_row_past_the_tokenizer(tokenizer):
+    """The LM head may have more rows than the tokenizer has ids (a padded table; export puts
+    VisPer-LM's task tokens there): those name no token and are never generated."""
+    model = build(tokenizer=tokenizer).eval()
+    n = len(model.tokenizer)
+    head = model.llm.get_output_embeddings().weight
+    if head.shape[0] <= n:
+        pytest.skip("this tokenizer fills the LM head")
+    with torch.no_grad():
+        head[n:] = 50 * head[:n].abs().max()  # every row past the tokenizer would win the argmax
+    seen = []
+    decode = model.tokenizer.decode
+    model.tokenizer.decode = lambda ids, **kw: (seen.extend(ids), decode(ids, **kw))[1]
+    images = torch.rand(1, 3, model.image_size, model.image_size)
+    generate(model, images, ["what colour is the cube?"], max_new_tokens=4)
+    assert seen and max(seen) < n
 
 
 def test_score_options_ranks_by_log_likelihood(tokenizer):

@@ -51,6 +51,13 @@ def _stop_ids(model) -> set[int]:
 
 
 @torch.no_grad()
+def next_token(logits: torch.Tensor, num_tokens: int) -> int:
+    """Greedy choice among the tokenizer's ``num_tokens`` ids: rows of the LM head past them
+    (a table padded beyond the vocabulary, the ids VisPer-LM's task tokens get on export) name no
+    token and are never a prediction (export.llava suppresses the same ids)."""
+    return int(logits[:num_tokens].float().argmax())
+
+
 def generate(model, images: torch.Tensor | None, prompts: list[str],
              max_new_tokens: int = 32) -> list[str]:
     """Greedy decoding, one prompt at a time (no padding to get wrong), with a KV cache.
@@ -67,7 +74,7 @@ def generate(model, images: torch.Tensor | None, prompts: list[str],
         out = llm(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=True)
         past, total, new = out.past_key_values, x["embeds"].shape[1], []
         for _ in range(max_new_tokens):
-            nxt = int(out.logits[0, -1].float().argmax())
+            nxt = next_token(out.logits[0, -1], len(tok))
             if nxt in eos:
                 break
             new.append(nxt)

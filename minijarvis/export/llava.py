@@ -221,8 +221,9 @@ def export(checkpoint, out, allow_causal: bool = False, overwrite: bool = False)
     generation = copy.deepcopy(model.llm.generation_config)
     generation.eos_token_id = sorted(_stop_ids(model))
     generation.pad_token_id = tok.pad_token_id
-    # Rows added for <image> & co. and the task tokens (inputs only): never a prediction.
-    suppress = sorted(set(range(old_vocab, vocab)) | set(task_ids))
+    # Rows without a token of minijarvis's tokenizer (a padded table, rows added for <image> &
+    # co.) and the task tokens (inputs only): never a prediction, as in inference.next_token.
+    suppress = sorted(set(range(min(old_vocab, len(model.tokenizer)), vocab)) | set(task_ids))
     if suppress:
         generation.suppress_tokens = suppress
     hf.generation_config = GenerationConfig.from_dict(generation.to_dict())
