@@ -132,3 +132,15 @@ def test_a_tokenizer_without_chat_template_gets_llava_v1(tmp_path):
     text = loaded.decode([i for i, lab in zip(ids, labels) if lab != -100])
     assert text.strip() == "Hello</s>", text
     assert "USER: " in loaded.decode(ids) and "ASSISTANT:" in loaded.decode(ids)
+
+
+def test_builtin_knows_the_benchmark_wording(tok):
+    """CV-Bench's phrases are in the BPE's corpus (llm._benchmark_wording): their words are whole
+    tokens, as in a real LLM's tokenizer, so a ShapesBench prompt is not spelt letter by letter
+    (a Distance question with its chat markers took 135 ids before, 84 now)."""
+    from minijarvis.evaluation.shapesbench import ANSWER_INSTRUCTION, bench_item
+    for word in ("highlighted", " distances", " option", " choices", " directly"):
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+    assert len(tok(ANSWER_INSTRUCTION)["input_ids"]) <= 14
+    item = bench_item("Distance", 0, render_image=False)
+    assert len(tok(item["prompt"])["input_ids"]) < 80
