@@ -102,7 +102,7 @@ def _benchmark_wording() -> list[str]:
     """CV-Bench's question wording (ShapesBench asks in it), each phrase more than once so the
     BPE merges its words (min_frequency 2): a real LLM's tokenizer knows these common English
     words. Without them the toy one spelt "highlighted" in 11 pieces, and a Distance question
-    with its chat markers took 135 ids instead of 84: stage 2's steps cost a third more."""
+    with its chat markers took 135 ids instead of 84: a study's stage-2 step cost 1.4 times as much."""
     marks = ("magenta", "cyan", "black")
     lines = []
     for i in range(4):

@@ -254,12 +254,14 @@ def test_generation_never_predicts_a_row_past_the_tokenizer(tokenizer):
         pytest.skip("this tokenizer fills the LM head")
     with torch.no_grad():
         head[n:] = 50 * head[:n].abs().max()  # every row past the tokenizer would win the argmax
-    seen = []
+    seen, grad = [], []
     decode = model.tokenizer.decode
-    model.tokenizer.decode = lambda ids, **kw: (seen.extend(ids), decode(ids, **kw))[1]
+    model.tokenizer.decode = lambda ids, **kw: (seen.extend(ids), grad.append(torch.is_grad_enabled()),
+                                                decode(ids, **kw))[2]
     images = torch.rand(1, 3, model.image_size, model.image_size)
     generate(model, images, ["what colour is the cube?"], max_new_tokens=4)
     assert seen and max(seen) < n
+    assert grad == [False], "generate builds no autograd graph"
 
 
 def test_score_options_ranks_by_log_likelihood(tokenizer):

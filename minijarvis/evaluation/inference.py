@@ -50,7 +50,6 @@ def _stop_ids(model) -> set[int]:
     return {i for i in set(stop_token_ids(model.tokenizer)) | extra if i is not None}
 
 
-@torch.no_grad()
 def next_token(logits: torch.Tensor, num_tokens: int) -> int:
     """Greedy choice among the tokenizer's ``num_tokens`` ids: rows of the LM head past them
     (a table padded beyond the vocabulary, the ids VisPer-LM's task tokens get on export) name no
@@ -58,6 +57,7 @@ def next_token(logits: torch.Tensor, num_tokens: int) -> int:
     return int(logits[:num_tokens].float().argmax())
 
 
+@torch.no_grad()
 def generate(model, images: torch.Tensor | None, prompts: list[str],
              max_new_tokens: int = 32) -> list[str]:
     """Greedy decoding, one prompt at a time (no padding to get wrong), with a KV cache.
