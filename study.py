@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--small-scenes", type=probability, nargs=4, default=None, metavar=("COUNT", "RELATION", "DEPTH", "DISTANCE"),
         help=f"each task's share of its questions on scenes of at most 3 objects "
              f"(default {' '.join(f'{m:g}' for m in d.small_scenes)})")
+    add("--count-extras", type=nonnegative_int, default=None, choices=range(6), metavar="N",
+        help="Count's stage-2 questions: 0 to N other objects, drawn apart from the count, so the "
+             f"scene's number of objects gives the answer less often (default {d.count_extras}: the benchmark's draw)")
     add("--align-steps", type=positive_int, default=None, help=f"stage-1 optimizer steps (default {d.align_steps})")
     add("--finetune-steps", type=positive_int, default=None, help=f"stage-2 optimizer steps (default {d.finetune_steps})")
     add("--finetune-lr", type=positive_float, default=None, help=f"stage-2 peak learning rate (default {d.finetune_lr})")
@@ -169,6 +172,8 @@ def main(argv=None) -> int:
                                  "or use another --output-dir")
             if isinstance(old["size"], dict) and isinstance(old["size"].get("small_scenes"), (int, float)):
                 old["size"]["small_scenes"] = [old["size"]["small_scenes"]] * len(S.TASKS)  # before 2026-12-06: one share
+            if isinstance(old["size"], dict):
+                old["size"].setdefault("count_extras", None)  # before 2026-12-06 (afternoon): always the benchmark's draw
             if (old["size"], old["random_init"]) != (settings["size"], settings["random_init"]):
                 raise UsageError(f"{out} holds runs of other sizes ({old['size']}); "
                                  "use another --output-dir or the same sizes")

@@ -311,6 +311,26 @@ def test_bench_items_with_max_objects_are_small_scenes_and_the_default_is_untouc
         bench_item("Count", 0, max_objects=2)
 
 
+def test_count_extras_draws_the_other_objects_apart_from_the_count_and_leaves_the_bench_untouched():
+    from collections import Counter
+    from minijarvis.evaluation.shapesbench import COUNT_MAX_OBJECTS
+    totals = {c: Counter() for c in range(1, 5)}
+    for i in range(160):
+        item = bench_item("Count", i, seed=4, render_image=False, count_extras=3)
+        c, n = item["answer_index"] + 1, len(item["scene"].objects)
+        assert item["answer_index"] == i % 4 and c <= n <= min(c + 3, COUNT_MAX_OBJECTS)
+        q = item["question"].split()[2]  # "How many cubes ..." / "How many red objects ..."
+        named = [o for o in item["scene"].objects if f"{o.kind}s" == q or o.color == q]
+        assert len(named) == c
+        totals[c][n - c] += 1
+        assert bench_item("Count", i, seed=4, render_image=False) == bench_item("Count", i, seed=4, render_image=False,
+                                                                                 count_extras=None)
+    assert totals[1][0] > 0 and totals[1][3] > 0  # a lone counted object, or one among three others
+    assert set(totals[4]) == {0, 1, 2}  # capped at COUNT_MAX_OBJECTS in all
+    with pytest.raises(ValueError, match="count_extras"):
+        bench_item("Count", 0, count_extras=6)
+
+
 def test_bench_marks_outline_the_named_objects_in_cvbench_colours():
     from minijarvis.evaluation.shapesbench import MARKS
     for task in TASKS:

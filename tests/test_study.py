@@ -209,6 +209,11 @@ def test_a_study_folder_from_before_per_task_shares_resumes_when_its_one_share_m
         else:
             assert run_main(study.main, "study.py", ["--quick", "--output-dir", "out"]) == 2
             assert "other sizes" in capsys.readouterr().err
+    before_extras = {k: v for k, v in size.items() if k != "count_extras"}  # a folder from before --count-extras
+    (tmp_path / "out" / "settings.json").write_text(json.dumps({"size": before_extras, "random_init": False}))
+    with pytest.raises(Resumed):
+        study.main(["--quick", "--output-dir", "out"])
+    assert run_main(study.main, "study.py", ["--quick", "--count-extras", "2", "--output-dir", "out"]) == 2
 
 
 def test_t_interval_is_students_at_95_percent():
@@ -320,6 +325,20 @@ def test_stage2_data_holds_its_instructions_and_each_tasks_share_of_questions_an
             assert rec["conversations"][0]["value"] == "<image>\n" + item["prompt"]
             assert rec["conversations"][1]["value"] == "ABCD"[item["answer_index"]]  # the letter, as the prompt asks
             assert (Path(folder) / rec["image"]).is_file()
+
+
+def test_count_extras_reaches_counts_questions_only(tmp_path):
+    from minijarvis.evaluation.shapesbench import bench_item
+    size = dataclasses.replace(S.QUICK, instructions=0, vqa_per_task=4, vqa_mix=(2, 1, 0, 0),
+                               small_scenes=(0, 0, 0, 0), count_extras=3)
+    records = json.loads(Path(S.stage2_data(tmp_path / "s2", size, seed=0)[0]).read_text())
+    for r in records:
+        task, i = r["id"].split("-")[2].capitalize(), int(r["id"].rsplit("-", 1)[1])
+        want = bench_item(task, i, S.VQA_SEED, render_image=False, count_extras=3 if task == "Count" else None)
+        assert r["conversations"][0]["value"] == "<image>\n" + want["prompt"]
+    assert study.study_size(study.parse_args(["--quick", "--count-extras", "2"])).count_extras == 2
+    with pytest.raises(SystemExit):
+        study.parse_args(["--count-extras", "6"])
 
 
 def test_the_small_scenes_flag_sets_each_tasks_share():

@@ -45,6 +45,7 @@ DEPTH_RATIO = 1.35  # farther z / nearer z
 DISTANCE_RATIO = 1.5  # farther 3D distance / nearer 3D distance to the reference object
 COUNT_MIN_VISIBLE = 0.6
 COUNT_CHOICES = ("1", "2", "3", "4")  # Count's choices, in this order: (A) 1 ... (D) 4
+COUNT_MAX_OBJECTS = 6  # objects in a Count scene, counted and others
 # Box colours, in the order a question names its objects (Relation: A, B; Depth: the two options;
 # Distance: the reference, then the two options). CV-Bench draws red, blue and green boxes; red,
 # blue and green are object colours here, so the boxes take colours no object has.
@@ -93,13 +94,17 @@ def _distance(a, b) -> float:
     return math.hypot(a.x - b.x, a.z - b.z)  # all objects stand on the ground with equal heights
 
 
-def _count(rng: np.random.Generator, answer: int, max_objects: int | None = None):
+def _count(rng: np.random.Generator, answer: int, max_objects: int | None = None, extras: int | None = None):
     """A scene with c = ``answer`` + 1 objects of one kind (or colour) among 0-2 distractors (at
     least one when c is 1), choices COUNT_CHOICES. With ``max_objects``: at most that many objects
-    in all, or the c counted ones alone when c is larger."""
+    in all, or the c counted ones alone when c is larger. With ``extras``: 0 to ``extras``
+    distractors drawn apart from c (at most COUNT_MAX_OBJECTS in all), so the scene's number of
+    objects says less about the answer than on the benchmark, where it alone gives ~50%."""
     c = int(COUNT_CHOICES[answer])
-    cap = 6 if max_objects is None else max(max_objects, c)
+    cap = COUNT_MAX_OBJECTS if max_objects is None else max(max_objects, c)
     n_extra = int(rng.integers(int(c == 1), max(int(c == 1), min(2, cap - c)) + 1))
+    if extras is not None:
+        n_extra = int(rng.integers(0, min(extras, cap - c) + 1))
     if rng.random() < 0.6:
         kind = KINDS[rng.integers(len(KINDS))]
         others = [k for k in KINDS if k != kind]
@@ -161,21 +166,25 @@ def _distance_task(rng: np.random.Generator, answer: int, max_objects: int | Non
 
 
 def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
-               render_image: bool = True, max_objects: int | None = None) -> dict:
+               render_image: bool = True, max_objects: int | None = None, count_extras: int | None = None) -> dict:
     """Item `index` of `task`, deterministic per (task, index, seed). Keys: id, task, type, question,
     choices, answer_index (int), answer ("(B)"), prompt, seed (of the item's generator), scene (Scene),
     marks (the names of the boxed objects, in MARKS order; [] for Count), source, and image (PIL RGB,
     boxes drawn; absent when render_image=False -- use render_item(item, size)).
     ``max_objects`` (training questions only, never the benchmark): scenes of at most that many
-    objects (Distance: at least 3; Count: at least its count), the easy end of a curriculum."""
+    objects (Distance: at least 3; Count: at least its count), the easy end of a curriculum.
+    ``count_extras`` (training questions only): a Count scene's other objects number 0 to
+    ``count_extras``, drawn apart from its count (see ``_count``)."""
     if max_objects is not None and not 3 <= max_objects <= 5:
         raise ValueError(f"max_objects must be None or 3 to 5, got {max_objects}")
+    if count_extras is not None and not 0 <= count_extras <= COUNT_MAX_OBJECTS - 1:
+        raise ValueError(f"count_extras must be None or 0 to {COUNT_MAX_OBJECTS - 1}, got {count_extras}")
     item_seed = bench_seed(task, index, seed)
     rng = np.random.default_rng(item_seed)
     n_choices = 4 if task == "Count" else 2
     answer = index % n_choices  # round-robin: letters are balanced by construction
     if task == "Count":
-        scene, question, choices, marks = _count(rng, answer, max_objects)
+        scene, question, choices, marks = _count(rng, answer, max_objects, count_extras)
     elif task == "Relation":
         scene, question, choices, marks = _relation(rng, answer, (index // 2) % 2 == 0, max_objects)
     elif task == "Depth":

@@ -60,6 +60,7 @@ class StudySize:
     vqa_per_task: int  # stage-2 vision-centric questions per ShapesBench task (0: none), times vqa_mix
     vqa_mix: tuple[float, ...]  # each task's multiple of vqa_per_task, in TASKS order
     small_scenes: tuple[float, ...]  # each task's share of its questions on scenes of at most 3 objects
+    count_extras: int | None  # Count questions: 0..this many other objects, drawn apart from the count (None: the benchmark's draw)
     align_steps: int
     finetune_steps: int
     finetune_lr: float
@@ -69,9 +70,9 @@ class StudySize:
     probe_steps: int
 
 
-QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=(0.5, 0.5, 0.5, 0.5), align_steps=1,
+QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=(0.5, 0.5, 0.5, 0.5), count_extras=None, align_steps=1,
                   finetune_steps=1, finetune_lr=1e-3, batch_size=4, n_per_task=1, probe_images=12, probe_steps=2)
-DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(1, 1, 1, 2.5), small_scenes=(0, 0.5, 0.5, 0.5),
+DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(1, 1, 1, 2.5), small_scenes=(0, 0.5, 0.5, 0.5), count_extras=None,
                     align_steps=600, finetune_steps=2500, finetune_lr=1e-3, batch_size=8, n_per_task=200,
                     probe_images=96, probe_steps=100)
 
@@ -95,8 +96,9 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     choices directly." with the letter), on "bench"-split scenes of user seed VQA_SEED + seed,
     never the evaluation's seed 0. The first ``small_scenes`` share of each task's questions
     (one share per task, in TASKS order) are on scenes of at most 3 objects (Distance: exactly
-    3), the easy end of a curriculum (``bench_item(max_objects=3)``). Cached: written once per
-    folder."""
+    3), the easy end of a curriculum (``bench_item(max_objects=3)``). With ``count_extras``,
+    Count's other objects are drawn apart from its count (``bench_item(count_extras=...)``).
+    Cached: written once per folder."""
     path = folder / "study.json"
     if path.exists():
         return str(path), str(folder)
@@ -106,7 +108,8 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     for (task, n), small in zip(task_questions(size).items(), size.small_scenes):
         n_small = round(small * n)
         for i in tqdm(range(n), desc=f"stage-2 {task} questions", unit="img", leave=False):
-            item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None)
+            item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None,
+                              count_extras=size.count_extras if task == "Count" else None)
             rel = f"images/vqa-{task.lower()}-{i:05d}.png"
             save_image(item["image"], folder / rel, IMAGE_SIZE)
             records.append({"id": f"study-vqa-{task.lower()}-{i:05d}", "image": rel, "conversations": [
