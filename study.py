@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from minijarvis.evaluation.shapesbench import COUNT_MAX_OBJECTS
 from minijarvis.toyworld import study as S
 from minijarvis.toyworld import study_report as R
 from minijarvis.errors import (InputError, UsageError, add_debug_flag, nonnegative_float, nonnegative_int, positive_float,
@@ -68,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--small-scenes", type=probability, nargs=4, default=None, metavar=("COUNT", "RELATION", "DEPTH", "DISTANCE"),
         help=f"each task's share of its questions on scenes of at most 3 objects "
              f"(default {' '.join(f'{m:g}' for m in d.small_scenes)})")
-    add("--count-extras", type=nonnegative_int, default=None, choices=range(6), metavar="N",
+    add("--count-extras", type=nonnegative_int, default=None, choices=range(COUNT_MAX_OBJECTS), metavar="N",
         help="Count's stage-2 questions: 0 to N other objects, drawn apart from the count, so the "
              f"scene's number of objects gives the answer less often (default {d.count_extras}: the benchmark's draw)")
     add("--align-steps", type=positive_int, default=None, help=f"stage-1 optimizer steps (default {d.align_steps})")
