@@ -103,7 +103,7 @@ def _count(rng: np.random.Generator, answer: int, max_objects: int | None = None
     c = int(COUNT_CHOICES[answer])
     cap = COUNT_MAX_OBJECTS if max_objects is None else max(max_objects, c)
     n_extra = int(rng.integers(int(c == 1), max(int(c == 1), min(2, cap - c)) + 1))
-    if extras is not None:
+    if extras is not None:  # drawn after the benchmark's draw, as in research/exp21 round 9's runs
         n_extra = int(rng.integers(0, min(extras, cap - c) + 1))
     if rng.random() < 0.6:
         kind = KINDS[rng.integers(len(KINDS))]

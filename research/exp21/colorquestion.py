@@ -17,7 +17,7 @@ hits = n = 0; hits_shape = n_shape = 0
 with torch.no_grad():
     while n < 150:
         s = sample_scene(rng); o = s.objects[rng.integers(len(s.objects))]
-        img = torch.from_numpy(np.array(render(s).resize((96, 96), Image.BICUBIC))).permute(2, 0, 1).float()[None] / 255
+        img = torch.from_numpy(np.array(render(s).resize((model.image_size,) * 2, Image.BICUBIC))).permute(2, 0, 1).float()[None] / 255
         if [p.kind for p in s.objects].count(o.kind) == 1:
             sc = score_options(model, img, [f"<image>\nWhat color is the {o.kind}?" + SHORT_ANSWER], [[c.capitalize() + "." for c in COLORS]])[0]
             hits += list(COLORS)[int(sc.argmax())] == o.color; n += 1

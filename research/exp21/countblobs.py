@@ -14,22 +14,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from minijarvis.data.shapes import _footprint
+from countoracle import named_share  # this folder's script: the named objects' share of each cell
 from minijarvis.evaluation.shapesbench import LETTERS, bench_item
 
-R, G, THRESHOLD = 96, 6, 0.25
-
-
-def named_cells(item) -> np.ndarray:
-    """[G, G] bool: cells the named objects cover by >= THRESHOLD (nearer objects painted last)."""
-    scene, q = item["scene"], item["question"].split()
-    owner = -np.ones((R, R), int)
-    for i in sorted(range(len(scene.objects)), key=lambda k: -scene.objects[k].z):
-        o = scene.objects[i]
-        owner[_footprint(o.kind, o.x, o.z, R)[1]] = i
-    named = [i for i, o in enumerate(scene.objects) if f"{o.kind}s" == q[2] or o.color == q[2]]
-    s = R // G
-    return np.isin(owner, named).reshape(G, s, G, s).mean((1, 3)) >= THRESHOLD
+G, THRESHOLD = 6, 0.25
 
 
 def blobs(cells: np.ndarray) -> int:
@@ -60,7 +48,7 @@ if __name__ == "__main__":
             i = int(r["id"].rsplit("-", 1)[1])
             if i not in cache:
                 item = bench_item("Count", i, 0, render_image=False)
-                cache[i] = (item["answer_index"] + 1, blobs(named_cells(item)))
+                cache[i] = (item["answer_index"] + 1, blobs(named_share(item, G) >= THRESHOLD))
             c, b = cache[i]
             pred[c, "apart" if b >= c else "merged"].append(LETTERS.index(r["prediction"]) + 1)
     for c in range(1, 5):

@@ -1,50 +1,56 @@
 """What can a model that reads patches, not objects, get on Count? (round 9)
 
 For each Count item, the named objects' (kind or colour the question asks) share of each cell of a
-g x g grid, from the renderer's silhouettes (nearer objects painted last). The best answer for each
-value of a feature, fitted on N items of bench seed 1 and scored on the 800 first items of seed 0:
-the scene's number of objects; the number of cells the named objects cover (at three thresholds),
-alone and with the number of objects; the named objects' area in cells.
+g x g grid, from the renderer's silhouettes (``world.depth_grid``: nearer objects painted last). The
+best answer for each value of a feature, fitted on N items of bench seed 1 and scored on the 800
+first items of seed 0: the scene's number of objects; the number of cells the named objects cover
+(at three thresholds), alone and with the number of objects; the named objects' area in cells.
 
-    python research/exp21/countoracle.py [N]      # N fitting items (default 1600), about a minute
+    python research/exp21/countoracle.py [N]      # N fitting items (default 2400), a few minutes
 """
-import sys, collections, numpy as np
+import sys
+from collections import Counter, defaultdict
+
+import numpy as np
+
 from minijarvis.evaluation.shapesbench import bench_item
-from minijarvis.data.shapes import _footprint
-R = 96
-def labels(scene):
-    lab = -np.ones((R, R), int)
-    order = sorted(range(len(scene.objects)), key=lambda i: -scene.objects[i].z)
-    for i in order:
-        o = scene.objects[i]
-        _, m = _footprint(o.kind, o.x, o.z, R)
-        lab[m] = i
-    return lab
-def feats(item, g):
-    sc = item["scene"]; q = item["question"]
-    named = [i for i, o in enumerate(sc.objects) if (o.kind + "s" in q.split() or f" {o.color} " in q)]
-    lab = labels(sc); s = R // g
-    cov = np.zeros((g, g)); tot = np.zeros((g, g))
-    for a in range(g):
-        for b in range(g):
-            cell = lab[a*s:(a+1)*s, b*s:(b+1)*s]
-            cov[a, b] = np.isin(cell, named).mean(); tot[a, b] = (cell >= 0).mean()
-    return len(named), len(sc.objects), cov, tot
-def bayes(train, test):
-    tab = collections.defaultdict(collections.Counter)
-    for f, c in train: tab[f][c] += 1
-    prior = collections.Counter(c for _, c in train).most_common(1)[0][0]
-    return np.mean([(tab[f].most_common(1)[0][0] if f in tab else prior) == c for f, c in test])
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1600
-items = [bench_item("Count", i, seed=1, render_image=False) for i in range(N)] + \
-        [bench_item("Count", i, seed=0, render_image=False) for i in range(800)]
-for g in (4, 6, 8, 12):
-    rows = [feats(it, g) for it in items]
-    data = {}
-    data["total objects"] = [((t,), c) for c, t, _, _ in rows]
-    for th in (0.1, 0.25, 0.5):
-        data[f"named cells>={th}"] = [((int((cov >= th).sum()),), c) for c, t, cov, _ in rows]
-        data[f"named cells>={th} + total"] = [((int((cov >= th).sum()), t), c) for c, t, cov, _ in rows]
-    data["named area (0.5 cell bins)"] = [((round(cov.sum() * 2),), c) for c, t, cov, _ in rows]
-    for k, v in data.items():
-        print(f"g={g} {k:32s} {bayes(v[:N], v[N:]):.3f}", flush=True)
+from minijarvis.toyworld.world import depth_grid
+
+
+def named(item) -> list[int]:
+    """Indices of the objects a Count item's question names ("How many cubes" / "How many red objects")."""
+    what = item["question"].split()[2]
+    return [i for i, o in enumerate(item["scene"].objects) if f"{o.kind}s" == what or o.color == what]
+
+
+def named_share(item, grid: int) -> np.ndarray:
+    """[grid, grid]: the share of each cell the named objects cover (visible pixels only)."""
+    return depth_grid(item["scene"], grid)[2][named(item)].sum(0).reshape(grid, grid)
+
+
+def best_answer_accuracy(train, test) -> float:
+    """Accuracy on ``test`` of the most frequent answer for each feature value in ``train``."""
+    table = defaultdict(Counter)
+    for feature, c in train:
+        table[feature][c] += 1
+    prior = Counter(c for _, c in train).most_common(1)[0][0]
+    return float(np.mean([(table[f].most_common(1)[0][0] if f in table else prior) == c for f, c in test]))
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2400
+    items = [bench_item("Count", i, seed=1, render_image=False) for i in range(n)] + \
+            [bench_item("Count", i, seed=0, render_image=False) for i in range(800)]
+    answers = [it["answer_index"] + 1 for it in items]
+    totals = [len(it["scene"].objects) for it in items]
+    for g in (4, 6, 8, 12):
+        shares = [named_share(it, g) for it in items]
+        features = {"total objects": [(t,) for t in totals]}
+        for th in (0.1, 0.25, 0.5):
+            cells = [int((s >= th).sum()) for s in shares]
+            features[f"named cells>={th}"] = [(k,) for k in cells]
+            features[f"named cells>={th} + total"] = list(zip(cells, totals))
+        features["named area (0.5 cell bins)"] = [(round(s.sum() * 2),) for s in shares]
+        for name, values in features.items():
+            rows = list(zip(values, answers))
+            print(f"g={g} {name:32s} {best_answer_accuracy(rows[:n], rows[n:]):.3f}", flush=True)

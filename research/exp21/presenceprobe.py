@@ -16,11 +16,10 @@ from minijarvis.data.shapes import COLORS, KINDS, render, sample_scene
 from minijarvis.data.text import encode_reply
 ck = sys.argv[1]
 model = load_checkpoint(ck).eval()
-S = model.cfg.image_size if hasattr(model.cfg, "image_size") else 96
 rng = np.random.default_rng(11)
 N = 1500
 scenes = [sample_scene(rng) for _ in range(N)]
-imgs = torch.stack([torch.from_numpy(np.asarray(render(s).resize((96, 96), Image.BICUBIC))).permute(2, 0, 1).float() / 255 for s in scenes])
+imgs = torch.stack([torch.from_numpy(np.asarray(render(s).resize((model.image_size,) * 2, Image.BICUBIC))).permute(2, 0, 1).float() / 255 for s in scenes])
 attrs = list(KINDS) + list(COLORS)
 Y = torch.tensor([[float(any(o.kind == a or o.color == a for o in s.objects)) for a in attrs] for s in scenes])
 ids, _ = encode_reply(model.tokenizer, "Describe the image.", "x")
