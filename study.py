@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--count-extras", type=nonnegative_int, default=None, choices=range(COUNT_MAX_OBJECTS), metavar="N",
         help="Count's stage-2 questions: 0 to N other objects, drawn apart from the count, so the "
              f"scene's number of objects gives the answer less often (default {d.count_extras}: the benchmark's draw)")
+    add("--count-all", type=nonnegative_int, default=None, metavar="N",
+        help=f"stage-2 questions on the scene's number of objects, 1 to {COUNT_MAX_OBJECTS} (default {d.count_all})")
     add("--align-steps", type=positive_int, default=None, help=f"stage-1 optimizer steps (default {d.align_steps})")
     add("--finetune-steps", type=positive_int, default=None, help=f"stage-2 optimizer steps (default {d.finetune_steps})")
     add("--finetune-lr", type=positive_float, default=None, help=f"stage-2 peak learning rate (default {d.finetune_lr})")
@@ -175,6 +177,7 @@ def main(argv=None) -> int:
                 old["size"]["small_scenes"] = [old["size"]["small_scenes"]] * len(S.TASKS)  # before 2026-12-06: one share
             if isinstance(old["size"], dict):
                 old["size"].setdefault("count_extras", None)  # before 2026-12-06 (afternoon): always the benchmark's draw
+                old["size"].setdefault("count_all", 0)  # before 2026-12-06 (evening): no number-of-objects questions
             if (old["size"], old["random_init"]) != (settings["size"], settings["random_init"]):
                 raise UsageError(f"{out} holds runs of other sizes ({old['size']}); "
                                  "use another --output-dir or the same sizes")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from minijarvis.data.shapes import COLORS, make_scene, render, sample_scene, scene_from_seed, scene_seed
+from minijarvis.data.shapes import COLORS, DEFAULT_IMAGE_SIZE, make_scene, render, sample_scene, scene_from_seed, scene_seed
 from minijarvis.data.synthetic import SYNONYMS, SyntheticLlava, caption_record, instruction_record, write_llava_folder
-from minijarvis.evaluation.shapesbench import (ANSWER_INSTRUCTION, DEPTH_RATIO, TASKS, bench_item, bench_seed,
+from minijarvis.evaluation.shapesbench import (ANSWER_INSTRUCTION, COUNT_MIN_VISIBLE, DEPTH_RATIO, TASKS, bench_item, bench_seed,
                                     shapes_bench, write_bench_jsonl)
 
 # Words a caption would need to answer a benchmark question: counts, 2D relations, depth and distance.
@@ -329,6 +329,21 @@ def test_count_extras_draws_the_other_objects_apart_from_the_count_and_leaves_th
     assert set(totals[4]) == {0, 1, 2}  # capped at COUNT_MAX_OBJECTS in all
     with pytest.raises(ValueError, match="count_extras"):
         bench_item("Count", 0, count_extras=6)
+
+
+def test_count_all_items_ask_for_the_number_of_objects_balanced_and_apart_from_the_bench():
+    from minijarvis.evaluation.shapesbench import COUNT_MAX_OBJECTS, count_all_item
+    items = [count_all_item(i, seed=3) for i in range(2 * COUNT_MAX_OBJECTS)]
+    for it in items:
+        n = len(it["scene"].objects)
+        assert it["choices"] == [str(k) for k in range(1, COUNT_MAX_OBJECTS + 1)]
+        assert it["choices"][it["answer_index"]] == str(n) and it["answer"] == f"({'ABCDEF'[n - 1]})"
+        assert min(o.visible for o in it["scene"].objects) >= COUNT_MIN_VISIBLE
+        assert it["image"].size == (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+    assert sorted(len(it["scene"].objects) for it in items) == sorted(2 * list(range(1, COUNT_MAX_OBJECTS + 1)))
+    bench_seeds = {bench_item(t, i, 3, render_image=False)["seed"] for t in TASKS for i in range(2 * COUNT_MAX_OBJECTS)}
+    assert not bench_seeds & {it["seed"] for it in items}
+    assert count_all_item(5, seed=3)["seed"] == items[5]["seed"]  # deterministic
 
 
 def test_bench_marks_outline_the_named_objects_in_cvbench_colours():

@@ -209,11 +209,12 @@ def test_a_study_folder_from_before_per_task_shares_resumes_when_its_one_share_m
         else:
             assert run_main(study.main, "study.py", ["--quick", "--output-dir", "out"]) == 2
             assert "other sizes" in capsys.readouterr().err
-    before_extras = {k: v for k, v in size.items() if k != "count_extras"}  # a folder from before --count-extras
+    before_extras = {k: v for k, v in size.items() if k not in ("count_extras", "count_all")}  # before both flags
     (tmp_path / "out" / "settings.json").write_text(json.dumps({"size": before_extras, "random_init": False}))
-    with pytest.raises(Resumed):
-        study.main(["--quick", "--output-dir", "out"])
-    assert run_main(study.main, "study.py", ["--quick", "--count-extras", "2", "--output-dir", "out"]) == 2
+    with pytest.raises(Resumed):  # such a folder had no number-of-objects questions: --count-all 0
+        study.main(["--quick", "--count-all", "0", "--output-dir", "out"])
+    assert run_main(study.main, "study.py", ["--quick", "--output-dir", "out"]) == 2  # QUICK asks 1
+    assert run_main(study.main, "study.py", ["--quick", "--count-all", "0", "--count-extras", "2", "--output-dir", "out"]) == 2
 
 
 def test_t_interval_is_students_at_95_percent():
@@ -312,7 +313,7 @@ def test_stage2_data_holds_its_instructions_and_each_tasks_share_of_questions_an
     import dataclasses
     from minijarvis.evaluation.shapesbench import bench_item
     size = dataclasses.replace(S.QUICK, instructions=3, vqa_per_task=4, vqa_mix=(2, 0.5, 1, 0),
-                               small_scenes=(0, 0.5, 1, 0.5))
+                               small_scenes=(0, 0.5, 1, 0.5), count_all=0)
     assert S.task_questions(size) == {"Count": 8, "Relation": 2, "Depth": 4, "Distance": 0}
     path, folder = S.stage2_data(tmp_path / "s2", size, seed=1)
     records = json.loads(Path(path).read_text())
@@ -330,7 +331,7 @@ def test_stage2_data_holds_its_instructions_and_each_tasks_share_of_questions_an
 def test_count_extras_reaches_counts_questions_only(tmp_path):
     from minijarvis.evaluation.shapesbench import bench_item
     size = dataclasses.replace(S.QUICK, instructions=0, vqa_per_task=4, vqa_mix=(2, 1, 0, 0),
-                               small_scenes=(0, 0, 0, 0), count_extras=3)
+                               small_scenes=(0, 0, 0, 0), count_extras=3, count_all=0)
     records = json.loads(Path(S.stage2_data(tmp_path / "s2", size, seed=0)[0]).read_text())
     for r in records:
         task, i = r["id"].split("-")[2].capitalize(), int(r["id"].rsplit("-", 1)[1])
@@ -339,6 +340,19 @@ def test_count_extras_reaches_counts_questions_only(tmp_path):
     assert study.study_size(study.parse_args(["--quick", "--count-extras", "2"])).count_extras == 2
     with pytest.raises(SystemExit):
         study.parse_args(["--count-extras", "6"])
+
+
+def test_count_all_adds_number_of_objects_questions_answered_by_letter(tmp_path):
+    from minijarvis.evaluation.shapesbench import count_all_item
+    size = dataclasses.replace(S.QUICK, instructions=0, vqa_per_task=1, vqa_mix=(1, 0, 0, 0), count_all=7)
+    records = json.loads(Path(S.stage2_data(tmp_path / "s2", size, seed=2)[0]).read_text())
+    extra = [r for r in records if "countall" in r["id"]]
+    assert len(extra) == 7 and len(records) == 8
+    for i, r in enumerate(extra):
+        want = count_all_item(i, S.VQA_SEED + 2)
+        assert r["conversations"][0]["value"] == "<image>\n" + want["prompt"]
+        assert r["conversations"][1]["value"] == "ABCDEF"[len(want["scene"].objects) - 1]
+    assert study.study_size(study.parse_args(["--quick", "--count-all", "5"])).count_all == 5
 
 
 def test_the_small_scenes_flag_sets_each_tasks_share():

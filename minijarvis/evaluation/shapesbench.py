@@ -200,6 +200,28 @@ def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_I
     return item
 
 
+TOTAL_CHOICES = tuple(str(n) for n in range(1, COUNT_MAX_OBJECTS + 1))  # count_all_item's choices
+
+
+def count_all_item(index: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE) -> dict:
+    """A training question (never the benchmark) on the scene's number of objects: "How many objects
+    are in the image?" with choices 1 to COUNT_MAX_OBJECTS, so (A) stands for 1 as in Count. The
+    number of objects is ``index % COUNT_MAX_OBJECTS + 1`` (balanced), each keeping
+    COUNT_MIN_VISIBLE of its bbox, on "bench"-split scenes after the four tasks' ranges. Keys as
+    ``bench_item``'s, with task "CountAll"."""
+    item_seed = scene_seed("bench", len(TASKS) << 32 | index, seed)
+    rng = np.random.default_rng(item_seed)
+    answer = index % COUNT_MAX_OBJECTS
+    scene = sample_scene(rng, n_objects=answer + 1, min_visible=COUNT_MIN_VISIBLE)
+    question, choices = "How many objects are in the image?", list(TOTAL_CHOICES)
+    item = {"id": f"shapesbench-countall-{index:05d}", "task": "CountAll", "type": "2D", "question": question,
+            "choices": choices, "answer_index": answer, "answer": f"({LETTERS[answer]})",
+            "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "marks": [],
+            "source": "ShapesBench"}
+    item["image"] = render_item(item, image_size)
+    return item
+
+
 def shapes_bench(n_per_task: int = 100, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
                  tasks=TASKS, render_image: bool = True) -> list[dict]:
     """n_per_task items of each task, task by task (see bench_item). With n_per_task a multiple of 4,

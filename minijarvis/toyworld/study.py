@@ -36,7 +36,7 @@ from tqdm import tqdm
 from minijarvis.config import ENCODERS, METHODS
 from minijarvis.data.synthetic import save_image, write_llava_folder
 from minijarvis.errors import InputError, read_json
-from minijarvis.evaluation.shapesbench import LETTERS, TASKS, bench_item
+from minijarvis.evaluation.shapesbench import LETTERS, TASKS, bench_item, count_all_item
 
 VQA_SEED = 5000  # user seed of the stage-2 vision-centric questions: never the bench's seed 0
 DONE = "done.json"
@@ -61,6 +61,7 @@ class StudySize:
     vqa_mix: tuple[float, ...]  # each task's multiple of vqa_per_task, in TASKS order
     small_scenes: tuple[float, ...]  # each task's share of its questions on scenes of at most 3 objects
     count_extras: int | None  # Count questions: 0..this many other objects, drawn apart from the count (None: the benchmark's draw)
+    count_all: int  # stage-2 questions on the scene's number of objects (shapesbench.count_all_item)
     align_steps: int
     finetune_steps: int
     finetune_lr: float
@@ -70,9 +71,9 @@ class StudySize:
     probe_steps: int
 
 
-QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=(0.5, 0.5, 0.5, 0.5), count_extras=None, align_steps=1,
+QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=(0.5, 0.5, 0.5, 0.5), count_extras=None, count_all=1, align_steps=1,
                   finetune_steps=1, finetune_lr=1e-3, batch_size=4, n_per_task=1, probe_images=12, probe_steps=2)
-DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(1, 1, 1, 2.5), small_scenes=(0, 0.5, 0.5, 0.5), count_extras=None,
+DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(1, 1, 1, 2.5), small_scenes=(0, 0.5, 0.5, 0.5), count_extras=None, count_all=1000,
                     align_steps=600, finetune_steps=2500, finetune_lr=1e-3, batch_size=8, n_per_task=200,
                     probe_images=96, probe_steps=100)
 
@@ -115,6 +116,13 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
             records.append({"id": f"study-vqa-{task.lower()}-{i:05d}", "image": rel, "conversations": [
                 {"from": "human", "value": "<image>\n" + item["prompt"]},
                 {"from": "gpt", "value": LETTERS[item["answer_index"]]}]})
+    for i in tqdm(range(size.count_all), desc="stage-2 number-of-objects questions", unit="img", leave=False):
+        item = count_all_item(i, VQA_SEED + seed)
+        rel = f"images/vqa-countall-{i:05d}.png"
+        save_image(item["image"], folder / rel, IMAGE_SIZE)
+        records.append({"id": f"study-vqa-countall-{i:05d}", "image": rel, "conversations": [
+            {"from": "human", "value": "<image>\n" + item["prompt"]},
+            {"from": "gpt", "value": LETTERS[item["answer_index"]]}]})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(records))
     tmp.replace(path)
