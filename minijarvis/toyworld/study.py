@@ -89,6 +89,16 @@ def task_questions(size: StudySize) -> dict[str, int]:
     return {task: round(size.vqa_per_task * m) for task, m in zip(TASKS, size.vqa_mix)}
 
 
+def _letter_record(folder: Path, name: str, item: dict) -> dict:
+    """A LLaVA record of a multiple-choice ``item`` answered by its letter; its image saved under
+    ``folder/images/<name>.png`` at the encoders' size."""
+    rel = f"images/{name}.png"
+    save_image(item["image"], folder / rel, IMAGE_SIZE)
+    return {"id": f"study-{name}", "image": rel, "conversations": [
+        {"from": "human", "value": "<image>\n" + item["prompt"]},
+        {"from": "gpt", "value": LETTERS[item["answer_index"]]}]}
+
+
 def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     """Stage-2 data of one seed: ``instructions`` built-in instructions plus each ShapesBench
     task's questions (:func:`task_questions`) in its own multiple-choice wording, answered with
@@ -99,6 +109,7 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
     (one share per task, in TASKS order) are on scenes of at most 3 objects (Distance: exactly
     3), the easy end of a curriculum (``bench_item(max_objects=3)``). With ``count_extras``,
     Count's other objects are drawn apart from its count (``bench_item(count_extras=...)``).
+    Then ``count_all`` questions on the scene's number of objects (``count_all_item``).
     Cached: written once per folder."""
     path = folder / "study.json"
     if path.exists():
@@ -111,18 +122,9 @@ def stage2_data(folder: Path, size: StudySize, seed: int) -> tuple[str, str]:
         for i in tqdm(range(n), desc=f"stage-2 {task} questions", unit="img", leave=False):
             item = bench_item(task, i, VQA_SEED + seed, max_objects=3 if i < n_small else None,
                               count_extras=size.count_extras if task == "Count" else None)
-            rel = f"images/vqa-{task.lower()}-{i:05d}.png"
-            save_image(item["image"], folder / rel, IMAGE_SIZE)
-            records.append({"id": f"study-vqa-{task.lower()}-{i:05d}", "image": rel, "conversations": [
-                {"from": "human", "value": "<image>\n" + item["prompt"]},
-                {"from": "gpt", "value": LETTERS[item["answer_index"]]}]})
+            records.append(_letter_record(folder, f"vqa-{task.lower()}-{i:05d}", item))
     for i in tqdm(range(size.count_all), desc="stage-2 number-of-objects questions", unit="img", leave=False):
-        item = count_all_item(i, VQA_SEED + seed)
-        rel = f"images/vqa-countall-{i:05d}.png"
-        save_image(item["image"], folder / rel, IMAGE_SIZE)
-        records.append({"id": f"study-vqa-countall-{i:05d}", "image": rel, "conversations": [
-            {"from": "human", "value": "<image>\n" + item["prompt"]},
-            {"from": "gpt", "value": LETTERS[item["answer_index"]]}]})
+        records.append(_letter_record(folder, f"vqa-countall-{i:05d}", count_all_item(i, VQA_SEED + seed)))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(records))
     tmp.replace(path)
