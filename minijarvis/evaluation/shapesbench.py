@@ -191,11 +191,17 @@ def bench_item(task: str, index: int, seed: int = 0, image_size: int = DEFAULT_I
         scene, question, choices, marks = _depth(rng, answer, max_objects)
     else:
         scene, question, choices, marks = _distance_task(rng, answer, max_objects)
-    item = {"id": f"shapesbench-{task.lower()}-{index:05d}", "task": task, "type": TASK_TYPE[task],
+    return _item(task, TASK_TYPE[task], index, question, choices, answer, item_seed, scene, marks,
+                 image_size if render_image else None)
+
+
+def _item(task, type_, index, question, choices, answer, item_seed, scene, marks, image_size) -> dict:
+    """The item dict (keys in ``bench_item``'s docstring); ``image_size`` None: no image."""
+    item = {"id": f"shapesbench-{task.lower()}-{index:05d}", "task": task, "type": type_,
             "question": question, "choices": choices, "answer_index": answer, "answer": f"({LETTERS[answer]})",
             "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "marks": marks,
             "source": "ShapesBench"}
-    if render_image:
+    if image_size is not None:
         item["image"] = render_item(item, image_size)
     return item
 
@@ -213,13 +219,8 @@ def count_all_item(index: int, seed: int, image_size: int = DEFAULT_IMAGE_SIZE) 
     rng = np.random.default_rng(item_seed)
     answer = index % COUNT_MAX_OBJECTS
     scene = sample_scene(rng, n_objects=answer + 1, min_visible=COUNT_MIN_VISIBLE)
-    question, choices = "How many objects are in the image?", list(TOTAL_CHOICES)
-    item = {"id": f"shapesbench-countall-{index:05d}", "task": "CountAll", "type": "2D", "question": question,
-            "choices": choices, "answer_index": answer, "answer": f"({LETTERS[answer]})",
-            "prompt": format_prompt(question, choices), "seed": item_seed, "scene": scene, "marks": [],
-            "source": "ShapesBench"}
-    item["image"] = render_item(item, image_size)
-    return item
+    return _item("CountAll", "2D", index, "How many objects are in the image?", list(TOTAL_CHOICES), answer,
+                 item_seed, scene, [], image_size)
 
 
 def shapes_bench(n_per_task: int = 100, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
