@@ -262,17 +262,24 @@ class JarvisModel(nn.Module):
         rows = x["has_image"][:, None].expand(-1, self.num_visual)
         return align_loss(pred, target, rows, self.cfg.jepa_distance)
 
-    def _ntp_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """L_NTP with the LM head applied only where a label is supervised: equal to
-        ``ntp_loss(llm(...).logits, labels)``, without the [B, L, V] float32 logits that would
-        otherwise be the largest tensor of a stage-1 step (576 image slots, 256k vocabulary)."""
+    def supervised_logits(self, hidden: torch.Tensor, labels: torch.Tensor):
+        """The LM head applied only where a label is supervised: (logits [M, V], their targets [M],
+        keep [B, L-1]), with logits[:, t] predicting labels[:, t + 1] as ``ntp_loss`` shifts. Equal
+        to the full logits at those places, without the [B, L, V] tensor that would otherwise be
+        the largest of a stage-1 step (576 image slots, 256k vocabulary) or of option scoring."""
         targets = labels[:, 1:]
         keep = targets != -100
         logits = self.llm.lm_head(hidden[:, :-1][keep])
         cap = getattr(self.llm.config, "final_logit_softcapping", None)
         if cap:  # Gemma2 soft-caps its logits inside ForCausalLM.forward; do the same
             logits = torch.tanh(logits / cap) * cap
-        return token_cross_entropy(logits, targets[keep])
+        return logits, targets[keep], keep
+
+    def _ntp_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """L_NTP on the supervised positions only (``supervised_logits``): equal to
+        ``ntp_loss(llm(...).logits, labels)``."""
+        logits, targets, _ = self.supervised_logits(hidden, labels)
+        return token_cross_entropy(logits, targets)
 
     def prepare_inputs(self, batch: dict, generator: torch.Generator | None = None,
                        run_jepa: bool | None = False,

@@ -373,3 +373,37 @@ def test_skipping_dropped_slots_gives_the_same_losses_and_gradients(tokenizer, f
     assert ga.keys() == gb.keys() and {"z", "proj.0.weight", "proj_tgt.0.weight"} <= ga.keys()
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("family,method,attn", [("llama", "llava", "sdpa"), ("llama", "jarvis", "sdpa"),
+                                                ("llama", "jarvis", "eager"), ("gemma2", "jarvis", "auto"),
+                                                ("qwen2", "visper", "sdpa")])
+def test_grouped_option_scores_equal_one_full_forward_per_prompt(tokenizer, family, method, attn):
+    """score_options puts several prompts' options in one forward, with the LM head on the reply
+    tokens only. Each score must be what the full logits of that prompt's own rows give, for any
+    grouping, mask form (JARVIS's bidirectional visual block, SDPA's bool or eager's additive
+    mask) or LLM family (Gemma2's soft-capped logits)."""
+    from minijarvis.evaluation.inference import _batch, _option_rows
+    model = build(family, tokenizer=tokenizer, method=method, llm_attn=attn).eval()
+    images = torch.rand(3, 3, model.image_size, model.image_size)
+    prompts = ["How many cubes?\n(A) 1\n(B) 2", "Is the red cube left of the cone?", "q"]
+    options = [["A", "B"], ["yes", "no", "a much longer reply than the others"], ["A", "B", "C", "D"]]
+    want = []
+    with torch.no_grad():
+        for i, (p, opts) in enumerate(zip(prompts, options)):
+            rows, labels = _option_rows(tokenizer, p, opts, True, i)
+            x = model.prepare_inputs(_batch(model, rows, images[i:i + 1].expand(len(opts), -1, -1, -1), labels))
+            logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
+            target = x["labels"][:, 1:]
+            logp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+            want.append((logp * (target != -100)).sum(1))
+    for max_rows in (1, 5, 64):
+        got = score_options(model, images, prompts, options, max_rows=max_rows)
+        assert [g.shape[0] for g in got] == [2, 3, 4]
+        for g, w in zip(got, want):
+            assert torch.allclose(g, w, atol=1e-4), (max_rows, g, w)
+    _, labels = _option_rows(tokenizer, prompts[1], options[1], True, 1)
+    tokens = torch.tensor([sum(v != -100 for v in lab) for lab in labels], dtype=torch.float)
+    assert tokens[2] > tokens[0], "the longer reply has more tokens"
+    normalized = score_options(model, images[1:2], prompts[1:2], options[1:2], normalize=True)[0]
+    assert torch.allclose(normalized, want[1] / tokens, atol=1e-4), "normalize divides by the reply's tokens"

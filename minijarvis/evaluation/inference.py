@@ -87,32 +87,58 @@ def generate(model, images: torch.Tensor | None, prompts: list[str],
     return answers
 
 
+def _option_rows(tok, prompt: str, opts: list[str], has_image: bool, i: int):
+    """Each option as training saw a reply: its (ids, labels) row after the prompt."""
+    rows, labels = [], []
+    for opt in opts:
+        try:
+            ids, lab = encode_reply(tok, prompt, opt, has_image=has_image)
+        except ValueError as e:
+            raise ValueError(f"option {opt!r} of prompt {i}: {e}") from None
+        rows.append(ids)
+        labels.append(lab)
+    return rows, labels
+
+
+def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor):
+    """Summed log-likelihood of each row's labelled tokens, and their number: one forward for all
+    rows, the LM head on the labelled positions only. Row r shows image ``owner[r]`` of
+    ``images``, each encoded once (or none when ``images`` is None)."""
+    has_image = images is not None
+    batch = _batch(model, rows, images[owner] if has_image else None, labels)
+    if has_image:
+        batch["image_features"] = model.context_encoder(images.to(batch["images"].device))[owner]
+    x = model.prepare_inputs(batch)
+    hidden = model.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=False).last_hidden_state
+    logits, targets, keep = model.supervised_logits(hidden, x["labels"])
+    logp = logits.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    row = torch.arange(len(rows), device=keep.device)[:, None].expand_as(keep)[keep]
+    total = torch.zeros(len(rows), device=logp.device).index_add_(0, row, logp)
+    return total, keep.sum(1).to(total.dtype)
+
+
 @torch.no_grad()
 def score_options(model, images: torch.Tensor | None, prompts: list[str],
-                  options: list[list[str]], normalize: bool = False) -> list[torch.Tensor]:
+                  options: list[list[str]], normalize: bool = False, max_rows: int = 32) -> list[torch.Tensor]:
     """Log-likelihood of each answer option after its prompt: one float tensor [n_options] per
-    prompt. ``normalize=True`` divides by the option's token count (length-fair scores)."""
+    prompt. ``normalize=True`` divides by the option's token count (length-fair scores).
+
+    Every (prompt, option) pair is one row; whole prompts are grouped into forwards of about
+    ``max_rows`` rows (a prompt with more options gets a forward of its own), so a small model
+    runs a few calls per batch instead of one per prompt. Scores do not depend on the grouping."""
     tok = model.tokenizer
-    scores = []
-    for i, (prompt, opts) in enumerate(zip(prompts, options)):
-        rows, labels = [], []
-        for opt in opts:  # the option as training saw a reply: its ids in context
-            try:
-                ids, lab = encode_reply(tok, prompt, opt, has_image=images is not None)
-            except ValueError as e:
-                raise ValueError(f"option {opt!r} of prompt {i}: {e}") from None
-            rows.append(ids)
-            labels.append(lab)
-        img = None if images is None else images[i:i + 1].expand(len(opts), -1, -1, -1)
-        batch = _batch(model, rows, img, labels)
-        # Every option shares the image: encode it once, not once per option.
-        batch["image_features"] = model.context_encoder(batch["images"][:1]).expand(
-            len(opts), -1, -1)
-        x = model.prepare_inputs(batch)
-        logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
-        target = x["labels"][:, 1:]
-        logp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-        keep = target != -100
-        total = (logp * keep).sum(1)
-        scores.append((total / keep.sum(1) if normalize else total).cpu())
+    per_prompt = [_option_rows(tok, p, o, images is not None, i) for i, (p, o) in enumerate(zip(prompts, options))]
+    scores, start = [], 0
+    while start < len(prompts):
+        end, n = start, 0
+        while end < len(prompts) and (end == start or n + len(per_prompt[end][0]) <= max_rows):
+            n += len(per_prompt[end][0])
+            end += 1
+        rows = [r for k in range(start, end) for r in per_prompt[k][0]]
+        labels = [lab for k in range(start, end) for lab in per_prompt[k][1]]
+        owner = torch.tensor([k - start for k in range(start, end) for _ in per_prompt[k][0]])
+        total, count = _row_scores(model, None if images is None else images[start:end], rows, labels, owner)
+        for part in (total / count if normalize else total).cpu().split([len(per_prompt[k][0]) for k in range(start, end)]):
+            scores.append(part)
+        start = end
     return scores
