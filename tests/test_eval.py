@@ -337,3 +337,25 @@ def test_main_evaluates_checkpoints_on_shapesbench_and_writes_results(tiny_check
     accs = [float(r["accuracy"]) for r in rows if r["accuracy"]]
     assert accs and all(0.0 <= a <= 1.0 for a in accs), "accuracies lie in [0, 1]"
     assert all(r["answer_mode"] == mode for r in rows), "the answer mode is written next to every number"
+
+
+def test_load_shapes_keeps_the_rendered_pixels_and_gives_fresh_items_each_call():
+    """load_shapes keeps the rendered benchmark (as PNG) for the next call with the same size and
+    seed: the images must be the renderer's pixels, and a caller that edits its items must not
+    change the next caller's."""
+    import numpy as np
+    from minijarvis.evaluation.shapesbench import shapes_bench
+    B._shapes_rendered.cache_clear()
+    first, _ = B.load_shapes(n_per_task=2, seed=3)
+    rendered = shapes_bench(2, 3)
+    assert [it.id for it in first] == [r["id"] for r in rendered]
+    for it, r in zip(first, rendered):
+        assert it.image.mode == "RGB" and np.array_equal(np.asarray(it.image), np.asarray(r["image"]))
+        assert it.answer == B.LETTERS[r["answer_index"]] and it.choices == r["choices"]
+    first[0].choices.append("edited")
+    again, _ = B.load_shapes(n_per_task=2, seed=3)
+    assert B._shapes_rendered.cache_info().hits == 1, "the second call reuses the render"
+    assert again[0].choices == rendered[0]["choices"] and again[0] is not first[0]
+    other, _ = B.load_shapes(n_per_task=2, seed=4)
+    assert [it.id for it in other] != [it.id for it in first] or not np.array_equal(
+        np.asarray(other[0].image), np.asarray(first[0].image)), "another seed is another benchmark"

@@ -29,11 +29,15 @@ and is counted in ``unparseable``.
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from minijarvis.errors import BadRecord
 from minijarvis.evaluation.shapesbench import ANSWER_INSTRUCTION, LETTERS, format_prompt, shapes_bench
@@ -115,10 +119,31 @@ def _need(path: Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _shapes_rendered(n_per_task: int, seed: int) -> tuple:
+    """ShapesBench's items as (Item fields, PNG bytes), kept for the process's next call with the
+    same size and seed. study.py's workers score the same benchmark after each of their runs, and
+    rendering it (about 6 ms an item) would otherwise cost more than scoring it; PNG is lossless,
+    so the images are pixel for pixel the rendered ones (about 10 kB an item in memory)."""
+    out = []
+    for it in shapes_bench(n_per_task, seed):
+        png = io.BytesIO()
+        it["image"].save(png, format="PNG")
+        out.append(((it["id"], it["task"], it["prompt"], tuple(it["choices"]), LETTERS[it["answer_index"]],
+                     it["source"], it["type"]), png.getvalue()))
+    return tuple(out)
+
+
+def _png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
 def load_shapes(n_per_task: int = 50, seed: int = 0) -> tuple[list[Item], list]:
     """ShapesBench generated in memory (images as PIL), n_per_task items of each of its 4 tasks."""
-    return [Item(it["id"], it["task"], it["prompt"], it["choices"], LETTERS[it["answer_index"]], it["image"],
-                 source=it["source"], type=it["type"]) for it in shapes_bench(n_per_task, seed)], []
+    return [Item(id_, task, prompt, list(choices), answer, _png(png), source=source, type=type_)
+            for (id_, task, prompt, choices, answer, source, type_), png in _shapes_rendered(n_per_task, seed)], []
 
 
 def load_cvbench(root, skip_missing: bool = False):
