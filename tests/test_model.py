@@ -402,6 +402,15 @@ def test_grouped_option_scores_equal_one_full_forward_per_prompt(tokenizer, fami
         assert [g.shape[0] for g in got] == [2, 3, 4]
         for g, w in zip(got, want):
             assert torch.allclose(g, w, atol=1e-4), (max_rows, g, w)
+    if method == "llava":  # text-only prompts: no image token, every row reads F_ctx of a blank image
+        rows, labels = _option_rows(tokenizer, prompts[0], options[0], False, 0)
+        with torch.no_grad():
+            x = model.prepare_inputs(_batch(model, rows, None, labels))
+            logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
+        target = x["labels"][:, 1:]
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        text_only = score_options(model, None, prompts[:1], options[:1])[0]
+        assert torch.allclose(text_only, (logp * (target != -100)).sum(1), atol=1e-4)
     _, labels = _option_rows(tokenizer, prompts[1], options[1], True, 1)
     tokens = torch.tensor([sum(v != -100 for v in lab) for lab in labels], dtype=torch.float)
     assert tokens[2] > tokens[0], "the longer reply has more tokens"

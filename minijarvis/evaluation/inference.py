@@ -106,8 +106,9 @@ def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor):
     ``images``, each encoded once (or none when ``images`` is None)."""
     has_image = images is not None
     batch = _batch(model, rows, images[owner] if has_image else None, labels)
-    if has_image:
-        batch["image_features"] = model.context_encoder(images.to(batch["images"].device))[owner]
+    # F_ctx once per prompt (text-only rows: once, on _batch's blank image), not once per row
+    shown = images.to(batch["images"].device) if has_image else batch["images"][:1]
+    batch["image_features"] = model.context_encoder(shown)[owner if has_image else torch.zeros_like(owner)]
     x = model.prepare_inputs(batch)
     hidden = model.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=False).last_hidden_state
     logits, targets, keep = model.supervised_logits(hidden, x["labels"])
