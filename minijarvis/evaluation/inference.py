@@ -131,15 +131,15 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
     per_prompt = [_option_rows(tok, p, o, images is not None, i) for i, (p, o) in enumerate(zip(prompts, options))]
     scores, start = [], 0
     while start < len(prompts):
-        end, n = start, 0
-        while end < len(prompts) and (end == start or n + len(per_prompt[end][0]) <= max_rows):
+        end, n = start + 1, len(per_prompt[start][0])  # whole prompts, up to max_rows rows
+        while end < len(prompts) and n + len(per_prompt[end][0]) <= max_rows:
             n += len(per_prompt[end][0])
             end += 1
-        rows = [r for k in range(start, end) for r in per_prompt[k][0]]
-        labels = [lab for k in range(start, end) for lab in per_prompt[k][1]]
-        owner = torch.tensor([k - start for k in range(start, end) for _ in per_prompt[k][0]])
-        total, count = _row_scores(model, None if images is None else images[start:end], rows, labels, owner)
-        for part in (total / count if normalize else total).cpu().split([len(per_prompt[k][0]) for k in range(start, end)]):
-            scores.append(part)
+        group = per_prompt[start:end]
+        sizes = [len(rows) for rows, _ in group]
+        owner = torch.arange(len(group)).repeat_interleave(torch.tensor(sizes))
+        total, count = _row_scores(model, None if images is None else images[start:end],
+                                   [r for rows, _ in group for r in rows], [lab for _, labs in group for lab in labs], owner)
+        scores += list((total / count if normalize else total).cpu().split(sizes))
         start = end
     return scores
