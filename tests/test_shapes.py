@@ -47,6 +47,17 @@ def test_same_seed_gives_identical_scene_pixels_and_text():
     assert (pixels(caption_record(7, seed=4)[1]) != pixels(caption_record(7, seed=3)[1])).any(), "seed is ignored"
 
 
+def test_footprints_use_the_shapes_unshaded():
+    """_footprint asks _primitives for the bare shapes (rgb None: no shading, ~10x per scene
+    sampled): the same pieces, in the same order, as the shaded object's."""
+    from minijarvis.data.shapes import KINDS, _primitives
+    for kind in KINDS:
+        for x, z in ((-0.8, 3.0), (0.0, 5.0), (0.9, 9.0)):
+            shaded, bare = _primitives(kind, COLORS["red"], x, z), _primitives(kind, None, x, z)
+            assert [(p, pts.tolist()) for p, pts, _ in shaded] == [(p, pts.tolist()) for p, pts, _ in bare], kind
+            assert all(c is None for *_, c in bare) and all(len(c) == 3 for *_, c in shaded), kind
+
+
 def test_scenes_have_unique_names_in_frame_and_visible_objects():
     for s in range(200):
         scene = scene_from_seed(s)

@@ -15,6 +15,7 @@ can never coincide.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -105,39 +106,41 @@ def _ring(x: float, y: float, z: float, r: float, theta: np.ndarray) -> np.ndarr
 
 
 def _primitives(kind: str, rgb, x: float, z: float) -> list[tuple[str, np.ndarray, tuple]]:
-    """Shaded 2D pieces of one object, in painting order: ("poly", [N,2] u,v) or ("disc", [2,2] box)."""
+    """Shaded 2D pieces of one object, in painting order: ("poly", [N,2] u,v) or ("disc", [2,2] box).
+    ``rgb=None``: the shapes alone, colour None (a footprint needs no shading)."""
     r, h = SIZE / 2, SIZE
     out = []
+    shade = (lambda normal: None) if rgb is None else functools.partial(_shade, rgb)  # noqa: E731
     if kind == "cube":
         x0, x1, zf, zb = x - r, x + r, z - r, z + r
         box = lambda pts: _project(np.array(pts, float))  # noqa: E731
         if x0 > 0:  # the camera (x = 0) sees a side face only when the cube is entirely to one side
-            out.append(("poly", box([(x0, 0, zf), (x0, h, zf), (x0, h, zb), (x0, 0, zb)]), _shade(rgb, (-1, 0, 0))))
+            out.append(("poly", box([(x0, 0, zf), (x0, h, zf), (x0, h, zb), (x0, 0, zb)]), shade((-1, 0, 0))))
         if x1 < 0:
-            out.append(("poly", box([(x1, 0, zf), (x1, h, zf), (x1, h, zb), (x1, 0, zb)]), _shade(rgb, (1, 0, 0))))
-        out.append(("poly", box([(x0, h, zf), (x1, h, zf), (x1, h, zb), (x0, h, zb)]), _shade(rgb, (0, 1, 0))))
-        out.append(("poly", box([(x0, 0, zf), (x1, 0, zf), (x1, h, zf), (x0, h, zf)]), _shade(rgb, (0, 0, -1))))
+            out.append(("poly", box([(x1, 0, zf), (x1, h, zf), (x1, h, zb), (x1, 0, zb)]), shade((1, 0, 0))))
+        out.append(("poly", box([(x0, h, zf), (x1, h, zf), (x1, h, zb), (x0, h, zb)]), shade((0, 1, 0))))
+        out.append(("poly", box([(x0, 0, zf), (x1, 0, zf), (x1, h, zf), (x0, h, zf)]), shade((0, 0, -1))))
     elif kind == "sphere":
         c, rad = _project(np.array([x, r, z])), FOCAL * r / z
         for t in np.linspace(0, 0.85, 8):  # shrinking discs drifting toward the light fake a smooth highlight
             ctr = c + t * rad * np.array([-0.35, -0.4])
             out.append(("disc", np.array([ctr - rad * (1 - t), ctr + rad * (1 - t)]),
-                        _shade(rgb, (-0.5 * t, t, -1.0))))
+                        shade((-0.5 * t, t, -1.0))))
     elif kind == "cylinder":
         th = np.linspace(-np.pi / 2, np.pi / 2, 13)  # only the front half of the body faces the camera
         top, bot = _project(_ring(x, h, z, r, th)), _project(_ring(x, 0, z, r, th))
         for k in range(len(th) - 1):
             mid = (th[k] + th[k + 1]) / 2
             out.append(("poly", np.array([top[k], top[k + 1], bot[k + 1], bot[k]]),
-                        _shade(rgb, (np.sin(mid), 0, -np.cos(mid)))))
-        out.append(("poly", _project(_ring(x, h, z, r, np.linspace(0, 2 * np.pi, 25))), _shade(rgb, (0, 1, 0))))
+                        shade((np.sin(mid), 0, -np.cos(mid)))))
+        out.append(("poly", _project(_ring(x, h, z, r, np.linspace(0, 2 * np.pi, 25))), shade((0, 1, 0))))
     elif kind == "cone":
         th = np.linspace(-np.pi, np.pi, 25)
         apex, base = _project(np.array([x, h, z])), _project(_ring(x, 0, z, r, th))
         mids = (th[:-1] + th[1:]) / 2
         for k in np.argsort(np.cos(mids)):  # back slivers first: painter's order on the convex surface
             out.append(("poly", np.array([apex, base[k], base[k + 1]]),
-                        _shade(rgb, (h * np.sin(mids[k]), r, -h * np.cos(mids[k])))))
+                        shade((h * np.sin(mids[k]), r, -h * np.cos(mids[k])))))
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return out
@@ -146,7 +149,7 @@ def _primitives(kind: str, rgb, x: float, z: float) -> list[tuple[str, np.ndarra
 def _footprint(kind: str, x: float, z: float, grid: int = VIS_GRID):
     """(bbox, silhouette): bbox (left, top, right, bottom) in image fractions; silhouette a [grid, grid]
     bool raster of the object drawn alone (True = covered by the object)."""
-    prims = _primitives(kind, (0, 0, 0), x, z)
+    prims = _primitives(kind, None, x, z)
     pts = np.concatenate([p.reshape(-1, 2) for _, p, _ in prims])
     lo, hi = np.clip(pts.min(0), 0, 1), np.clip(pts.max(0), 0, 1)
     mask = Image.new("1", (grid, grid))
