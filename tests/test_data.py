@@ -278,6 +278,23 @@ def test_dataset_fits_images_as_the_release_per_stage_unless_told(folder, tok, s
     assert torch.equal(ds[0]["image"], expected), f"the {stage} item must be the {want} image"
 
 
+def test_small_data_sets_keep_their_fitted_images_and_give_the_same_pixels(folder, tok, monkeypatch):
+    """A data set whose images fit IMAGE_CACHE_BYTES decodes each file once (the toy world's runs
+    see every record many times); the item is the same tensor either way, and a larger data set
+    keeps nothing."""
+    import minijarvis.data.llava as llava_data
+    want = load_image(folder / "red.png", 16, MEAN, aspect="pad")
+    ds = make_ds([caption_record("c1")], folder, tok, stage="finetune")
+    first = ds[0]["image"]
+    assert torch.equal(first, want) and set(ds._images) == {0} and ds._images[0].dtype == torch.uint8
+    (folder / "red.png").unlink()  # a second read would fail: the item must come from memory
+    assert torch.equal(ds[0]["image"], first)
+    monkeypatch.setattr(llava_data, "IMAGE_CACHE_BYTES", 3 * 16 * 16 - 1)  # one image is over the budget
+    Image.new("RGB", (32, 16), (255, 0, 0)).save(folder / "red.png")
+    big = make_ds([caption_record("c1")], folder, tok, stage="finetune")
+    assert big._images is None and torch.equal(big[0]["image"], first)
+
+
 def test_text_only_row_has_no_image(folder, tok):
     record = {"id": 5, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
     item = make_ds([record], folder, tok)[0]

@@ -84,7 +84,18 @@ def fit_problem(width: int, height: int, size: int, aspect: str) -> str:
 
 def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
     """Path or PIL image -> float [3, size, size] in [0, 1] (uint8 / 255, as the processor's
-    rescale; each encoder applies its own mean/std).
+    rescale; each encoder applies its own mean/std): :func:`image_to_float` of
+    :func:`load_image_uint8` (which documents ``aspect`` and the errors)."""
+    return image_to_float(load_image_uint8(src, size, mean, aspect, record_id))
+
+
+def image_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [3, S, S] -> float in [0, 1]: the processor's rescale (pixels / 255)."""
+    return pixels.float().div(255)
+
+
+def load_image_uint8(src, size: int, mean, aspect: str = "pad", record_id: str = "") -> torch.Tensor:
+    """Path or PIL image -> uint8 [3, size, size], fitted to the encoder's square.
 
     ``aspect="crop"``: :func:`resize_and_center_crop` (CLIP's processor; the release's stage 1);
     ``"pad"``: :func:`expand2square` in the encoder's mean colour ``int(m * 255)``, then bicubic
@@ -119,7 +130,7 @@ def load_image(src, size: int, mean, aspect: str = "pad", record_id: str = "") -
         if aspect == "pad":
             rgb = expand2square(rgb, background)
         rgb = rgb.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def blank_image(size: int, mean) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from minijarvis.config import IMAGE_ASPECTS, release_image_aspect
-from minijarvis.data.images import blank_image, load_image
+from minijarvis.data.images import blank_image, image_to_float, load_image_uint8
 from minijarvis.errors import BadRecord, InputError
 from minijarvis.data.text import (  # noqa: F401 (text -> ids lives in text.py; re-exported here)
     IGNORE_INDEX, PLAIN_STYLES, ROLES, encode_caption, encode_conversation, encode_prompt,
@@ -36,6 +36,8 @@ from minijarvis.data.text import (  # noqa: F401 (text -> ids lives in text.py; 
 from minijarvis.llm import IMAGE_TOKEN
 
 TOKEN_CACHE_RECORDS = 50_000  # data sets up to this size keep each record's token ids after a first load
+IMAGE_CACHE_BYTES = 256 * 2**20  # data sets whose fitted images (uint8) all fit in this keep them after a
+# first load: the toy world's runs decode each of their few thousand PNGs once, not once per epoch
 
 
 class Skip(NamedTuple):
@@ -168,6 +170,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         # token ids per record, kept after the first load when the data set is small (the toy
         # world's runs see each record many times; 50k records of ~500 int64 ids and labels: ~0.4 GB)
         self._tokens = {} if len(self.records) <= TOKEN_CACHE_RECORDS else None
+        # fitted images (uint8 [3, S, S]) likewise, when every record's fits in IMAGE_CACHE_BYTES
+        self._images = {} if len(self.records) * 3 * image_size**2 <= IMAGE_CACHE_BYTES else None
         self.valid, self.problems = [], []
         for i, record in enumerate(self.records):
             try:
@@ -209,11 +213,20 @@ class LlavaDataset(torch.utils.data.Dataset):
             if self._tokens is not None:
                 self._tokens[i] = cached
         ids, labels = cached  # shared with the cache: collate copies them into the batch
-        image = None if path is None else load_image(path, self.image_size, self.image_mean,
-                                                     self.aspect, record_id=rid)
+        image = None if path is None else image_to_float(self._pixels(i, path, rid))
         if image is not None and self.blank_images:
             image = blank_image(self.image_size, self.image_mean)
         return dict(input_ids=ids, labels=labels, image=image, id=rid)
+
+    def _pixels(self, i: int, path: str, rid: str) -> torch.Tensor:
+        """Record ``i``'s image as :func:`load_image_uint8` fits it; kept after the first load
+        when the data set's images fit ``IMAGE_CACHE_BYTES`` (the same pixels either way)."""
+        pixels = None if self._images is None else self._images.get(i)
+        if pixels is None:
+            pixels = load_image_uint8(path, self.image_size, self.image_mean, self.aspect, record_id=rid)
+            if self._images is not None:
+                self._images[i] = pixels
+        return pixels
 
     def _encode(self, payload, rid: str) -> tuple[list[int], list[int]]:
         """Token ids and labels of one record's text, truncated around its image's slots."""
