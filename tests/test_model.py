@@ -383,15 +383,23 @@ def test_grouped_option_scores_equal_one_full_forward_per_prompt(tokenizer, fami
     tokens only. Each score must be what the full logits of that prompt's own rows give, for any
     grouping, mask form (JARVIS's bidirectional visual block, SDPA's bool or eager's additive
     mask) or LLM family (Gemma2's soft-capped logits)."""
+    from minijarvis.data.llava import encode_reply
     from minijarvis.evaluation.inference import _batch, _option_rows
+
+    def option_rows(prompt, opts, has_image=True):  # one row per option, as training saw each reply
+        return [list(x) for x in zip(*(encode_reply(tokenizer, prompt, o, has_image=has_image) for o in opts))]
+
     model = build(family, tokenizer=tokenizer, method=method, llm_attn=attn).eval()
     images = torch.rand(3, 3, model.image_size, model.image_size)
     prompts = ["How many cubes?\n(A) 1\n(B) 2", "Is the red cube left of the cone?", "q"]
     options = [["A", "B"], ["yes", "no", "a much longer reply than the others"], ["A", "B", "C", "D"]]
+    # option letters share their prompt's one row; replies of other lengths do not
+    assert [len(_option_rows(tokenizer, p, o, True, i)[0]) for i, (p, o) in enumerate(zip(prompts, options))] \
+        == [1, 3, 1]
     want = []
     with torch.no_grad():
         for i, (p, opts) in enumerate(zip(prompts, options)):
-            rows, labels = _option_rows(tokenizer, p, opts, True, i)
+            rows, labels = option_rows(p, opts)
             x = model.prepare_inputs(_batch(model, rows, images[i:i + 1].expand(len(opts), -1, -1, -1), labels))
             logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
             target = x["labels"][:, 1:]
@@ -403,7 +411,7 @@ def test_grouped_option_scores_equal_one_full_forward_per_prompt(tokenizer, fami
         for g, w in zip(got, want):
             assert torch.allclose(g, w, atol=1e-4), (max_rows, g, w)
     if method == "llava":  # text-only prompts: no image token, every row reads F_ctx of a blank image
-        rows, labels = _option_rows(tokenizer, prompts[0], options[0], False, 0)
+        rows, labels = option_rows(prompts[0], options[0], has_image=False)
         with torch.no_grad():
             x = model.prepare_inputs(_batch(model, rows, None, labels))
             logits = model.llm(inputs_embeds=x["embeds"], attention_mask=x["mask"]).logits.float()
@@ -411,7 +419,7 @@ def test_grouped_option_scores_equal_one_full_forward_per_prompt(tokenizer, fami
         logp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
         text_only = score_options(model, None, prompts[:1], options[:1])[0]
         assert torch.allclose(text_only, (logp * (target != -100)).sum(1), atol=1e-4)
-    _, labels = _option_rows(tokenizer, prompts[1], options[1], True, 1)
+    _, labels = option_rows(prompts[1], options[1])
     tokens = torch.tensor([sum(v != -100 for v in lab) for lab in labels], dtype=torch.float)
     assert tokens[2] > tokens[0], "the longer reply has more tokens"
     normalized = score_options(model, images[1:2], prompts[1:2], options[1:2], normalize=True)[0]

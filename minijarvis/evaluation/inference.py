@@ -88,7 +88,10 @@ def generate(model, images: torch.Tensor | None, prompts: list[str],
 
 
 def _option_rows(tok, prompt: str, opts: list[str], has_image: bool, i: int):
-    """Each option as training saw a reply: its (ids, labels) row after the prompt."""
+    """Each option as training saw a reply: its (ids, labels) row after the prompt, and None.
+    When every option is one labelled token after the same ids (option letters), the first
+    option's row alone, with the options' token ids: their scores all come from that row's
+    last position (causal attention: what precedes the reply does not see it)."""
     rows, labels = [], []
     for opt in opts:
         try:
@@ -97,13 +100,19 @@ def _option_rows(tok, prompt: str, opts: list[str], has_image: bool, i: int):
             raise ValueError(f"option {opt!r} of prompt {i}: {e}") from None
         rows.append(ids)
         labels.append(lab)
-    return rows, labels
+    one_token = all(sum(x != -100 for x in lab) == 1 and lab[-1] != -100 and ids[:-1] == rows[0][:-1]
+                    for ids, lab in zip(rows, labels))
+    if len(rows) > 1 and one_token:
+        return rows[:1], labels[:1], [ids[-1] for ids in rows]
+    return rows, labels, None
 
 
-def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor):
+def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor, tokens: list):
     """Summed log-likelihood of each row's labelled tokens, and their number: one forward for all
     rows, the LM head on the labelled positions only. Row r shows image ``owner[r]`` of
-    ``images``, each encoded once (or none when ``images`` is None)."""
+    ``images``, each encoded once (or none when ``images`` is None). A row with ``tokens[r]``
+    (options that differ only in their one labelled token) scores each of those ids at its
+    labelled position instead. Returns (total, count), one entry per score, in row order."""
     has_image = images is not None
     batch = _batch(model, rows, images[owner] if has_image else None, labels)
     # F_ctx once per prompt (text-only rows: once, on _batch's blank image), not once per row
@@ -112,10 +121,15 @@ def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor):
     x = model.prepare_inputs(batch)
     hidden = model.llm.model(inputs_embeds=x["embeds"], attention_mask=x["mask"], use_cache=False).last_hidden_state
     logits, targets, keep = model.supervised_logits(hidden, x["labels"])
-    logp = logits.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    logp_all = logits.float().log_softmax(-1)
+    logp = logp_all.gather(-1, targets[:, None])[:, 0]
     row = torch.arange(len(rows), device=keep.device)[:, None].expand_as(keep)[keep]
     total = torch.zeros(len(rows), device=logp.device).index_add_(0, row, logp)
-    return total, keep.sum(1).to(total.dtype)
+    count = keep.sum(1).to(total.dtype)
+    first = count.long().cumsum(0) - count.long()  # each row's first labelled position in logits
+    totals = [total[r:r + 1] if alt is None else logp_all[first[r], alt] for r, alt in enumerate(tokens)]
+    counts = [count[r:r + 1] if alt is None else count.new_ones(len(alt)) for r, alt in enumerate(tokens)]
+    return torch.cat(totals), torch.cat(counts)
 
 
 @torch.no_grad()
@@ -124,9 +138,11 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
     """Log-likelihood of each answer option after its prompt: one float tensor [n_options] per
     prompt. ``normalize=True`` divides by the option's token count (length-fair scores).
 
-    Every (prompt, option) pair is one row; whole prompts are grouped into forwards of about
-    ``max_rows`` rows (a prompt with more options gets a forward of its own), so a small model
-    runs a few calls per batch instead of one per prompt. Scores do not depend on the grouping."""
+    Every (prompt, option) pair is one row, except that options of one token each after the same
+    ids (letters) share their prompt's one row (:func:`_option_rows`); whole prompts are grouped
+    into forwards of about ``max_rows`` rows (a prompt with more rows gets a forward of its own),
+    so a small model runs a few calls per batch instead of one per prompt. Scores do not depend
+    on the grouping."""
     tok = model.tokenizer
     per_prompt = [_option_rows(tok, p, o, images is not None, i) for i, (p, o) in enumerate(zip(prompts, options))]
     scores, start = [], 0
@@ -136,10 +152,11 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
             n += len(per_prompt[end][0])
             end += 1
         group = per_prompt[start:end]
-        sizes = [len(rows) for rows, _ in group]
-        owner = torch.arange(len(group)).repeat_interleave(torch.tensor(sizes))
+        owner = torch.arange(len(group)).repeat_interleave(torch.tensor([len(rows) for rows, _, _ in group]))
         total, count = _row_scores(model, None if images is None else images[start:end],
-                                   [r for rows, _ in group for r in rows], [lab for _, labs in group for lab in labs], owner)
-        scores += list((total / count if normalize else total).cpu().split(sizes))
+                                   [r for rows, _, _ in group for r in rows],
+                                   [lab for _, labs, _ in group for lab in labs], owner,
+                                   [alt for rows, _, alt in group for _ in rows])
+        scores += list((total / count if normalize else total).cpu().split([len(o) for o in options[start:end]]))
         start = end
     return scores
