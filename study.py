@@ -33,7 +33,7 @@ import json
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -118,16 +118,10 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
         print(f"[study {len(results)}/{len(jobs)}] {job[0]} seed {job[1]}: {result['seconds']:.0f} s; "
               f"all {result['all']:.3f}", flush=True)
 
-    seeds = sorted({s for _, s in todo})  # each seed's data written once, before any run reads it
-    if args.workers == 1 or len(seeds) <= 1:
+    seeds = sorted({s for _, s in todo})  # each seed's data written once, before any run of it reads it
+    if args.workers == 1 or len(todo) <= 1:
         for seed in seeds:
             S.prepare_data(out, size, seed)
-    else:  # each seed's two stages as jobs of their own, side by side (3 seeds keep 2 workers busy)
-        with ProcessPoolExecutor(min(args.workers, 2 * len(seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            data = [pool.submit(S.data_job, out, size, seed, stage) for stage in (2, 1) for seed in seeds]
-            for done in as_completed(data):
-                done.result()
-    if args.workers == 1 or len(todo) <= 1:
         torch.set_num_threads(1)  # tiny models: one thread (see runtime.set_cpu_threads)
         for job in todo:
             try:
@@ -137,17 +131,30 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
                     raise
                 report(job, dict(error=f"{type(e).__name__}: {e}"))
     elif todo:
-        # spawn: a fresh interpreter per worker (no forked torch state); each run's own process
-        pool = ProcessPoolExecutor(min(args.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        # one pool for everything (spawn: a fresh interpreter per worker, no forked torch state):
+        # every seed's two data jobs first, then a seed's runs as soon as both its stages are
+        # written, so no worker waits while the data of later seeds is drawn
+        pool = ProcessPoolExecutor(min(args.workers, max(len(todo), 2 * len(seeds))),
+                                   mp_context=multiprocessing.get_context("spawn"))
         try:
-            futures = {pool.submit(S.run_logged, *job, size, out, args.random_init): job for job in todo}
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    report(job, future.result())
-                except BrokenProcessPool:
-                    report(job, dict(error="its worker process died (out of memory?)",
-                                     log=str(S.log_path(out, *job))))
+            data = {pool.submit(S.data_job, out, size, seed, stage): seed for seed in seeds for stage in (2, 1)}
+            missing, runs = {seed: 2 for seed in seeds}, {}
+            while data or runs:
+                for future in wait([*data, *runs], return_when=FIRST_COMPLETED).done:
+                    if future in data:
+                        seed = data.pop(future)
+                        future.result()  # a data job that fails stops the study (its error as raised)
+                        missing[seed] -= 1
+                        if not missing[seed]:
+                            runs.update({pool.submit(S.run_logged, *job, size, out, args.random_init): job
+                                         for job in todo if job[1] == seed})
+                        continue
+                    job = runs.pop(future)
+                    try:
+                        report(job, future.result())
+                    except BrokenProcessPool:
+                        report(job, dict(error="its worker process died (out of memory?)",
+                                         log=str(S.log_path(out, *job))))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return [results[job] for job in jobs if job in results], failures

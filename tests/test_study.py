@@ -31,13 +31,16 @@ def _in_tmp(tmp_path, monkeypatch):
 
 def test_quick_study_runs_in_parallel_marks_the_bounds_and_resume_skips_finished_runs(tmp_path, monkeypatch, capsys):
     args = ["--quick", "--workers", "2", "--methods", "llava", "llava-expert", "llava-blank",
-            "--seeds", "1", "--output-dir", "out"]
+            "--seeds", "2", "--output-dir", "out"]
     assert study.main(args) == 0
     out = tmp_path / "out"
     for name in ("study.json", "study.csv", "study.md", "study.png"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "study.json").read_text())
-    assert [r["method"] for r in result["runs"]] == ["llava", "llava-expert", "llava-blank"]
+    # one pool draws both seeds' data, then runs each seed's rows: every run, in the jobs' order
+    assert [(r["method"], r["seed"]) for r in result["runs"]] == [
+        (m, s) for s in (0, 1) for m in ("llava", "llava-expert", "llava-blank")]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [f"stage{k}-seed{s}" for k in (1, 2) for s in (0, 1)]
     assert list(result["stats"]["table"]) == ["llava-blank", "llava", "llava-expert"]  # bounds outside
     assert result["stats"]["bounds"] == {"llava-blank": "lower", "llava-expert": "upper"}
     assert set(result["stats"]["paired"]) == set(result["stats"]["mde"]) == {"llava-expert", "llava-blank"}
