@@ -274,6 +274,22 @@ def test_score_options_ranks_by_log_likelihood(tokenizer):
     assert torch.allclose(alone, scores[1][1:], atol=1e-5), "batching options changes a score"
 
 
+def test_option_rows_are_cached_per_chat_template_and_a_bad_option_names_its_prompt(tokenizer):
+    """score_options encodes a repeated prompt once (benchmarks repeat them), but a changed chat
+    template encodes it again; an option that tokenizes to nothing names its prompt and option."""
+    import copy
+    from minijarvis.evaluation.inference import _option_rows
+    tok = copy.deepcopy(tokenizer)
+    first = _option_rows(tok, tok.chat_template, "q", ("A", "B"), True)
+    assert _option_rows(tok, tok.chat_template, "q", ("A", "B"), True) is first, "a repeated prompt is encoded again"
+    tok.chat_template = "{{ '<|system|>\\nBe brief.<|end|>\\n' }}" + tok.chat_template  # still prefix-stable
+    again = _option_rows(tok, tok.chat_template, "q", ("A", "B"), True)
+    assert again[0][0] != first[0][0], "a changed template gave the old rows"
+    model = build(tokenizer=tokenizer).eval()
+    with pytest.raises(ValueError, match=r"prompt 1: option '': "):
+        score_options(model, torch.rand(2, 3, model.image_size, model.image_size), ["q", "r"], [["A"], ["B", ""]])
+
+
 def test_mask_form_follows_the_attention_backend_and_gives_the_same_losses(tokenizer):
     """SDPA gets the bool mask (as HF gives it on LLaVA's causal steps), eager the additive
     one (eager ignores bool masks); same weights, same batch, same losses."""
@@ -394,8 +410,8 @@ def test_grouped_option_scores_equal_one_full_forward_per_prompt(tokenizer, fami
     prompts = ["How many cubes?\n(A) 1\n(B) 2", "Is the red cube left of the cone?", "q"]
     options = [["A", "B"], ["yes", "no", "a much longer reply than the others"], ["A", "B", "C", "D"]]
     # option letters share their prompt's one row; replies of other lengths do not
-    assert [len(_option_rows(tokenizer, p, o, True, i)[0]) for i, (p, o) in enumerate(zip(prompts, options))] \
-        == [1, 3, 1]
+    assert [len(_option_rows(tokenizer, tokenizer.chat_template, p, tuple(o), True)[0])
+            for p, o in zip(prompts, options)] == [1, 3, 1]
     want = []
     with torch.no_grad():
         for i, (p, opts) in enumerate(zip(prompts, options)):

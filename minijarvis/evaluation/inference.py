@@ -6,6 +6,8 @@ bidirectional visual attention at inference, as the release does.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from minijarvis.data.llava import encode_prompt, encode_reply, stop_token_ids
@@ -87,24 +89,27 @@ def generate(model, images: torch.Tensor | None, prompts: list[str],
     return answers
 
 
-def _option_rows(tok, prompt: str, opts: list[str], has_image: bool, i: int):
+@functools.lru_cache(maxsize=4096)
+def _option_rows(tok, template: str | None, prompt: str, opts: tuple[str, ...], has_image: bool):
     """Each option as training saw a reply: its (ids, labels) row after the prompt, and None.
     When every option is one labelled token after the same ids (option letters), the first
     option's row alone, with the options' token ids: their scores all come from that row's
-    last position (causal attention: what precedes the reply does not see it)."""
+    last position (causal attention: what precedes the reply does not see it).
+    Cached, since benchmarks repeat prompts (ShapesBench's 4,000 items hold about 2,000);
+    ``template``, the tokenizer's chat template, is part of the key. Rows are tuples: shared."""
     rows, labels = [], []
     for opt in opts:
         try:
             ids, lab = encode_reply(tok, prompt, opt, has_image=has_image)
         except ValueError as e:
-            raise ValueError(f"option {opt!r} of prompt {i}: {e}") from None
-        rows.append(ids)
-        labels.append(lab)
+            raise ValueError(f"option {opt!r}: {e}") from None
+        rows.append(tuple(ids))
+        labels.append(tuple(lab))
     one_token = all(sum(x != -100 for x in lab) == 1 and lab[-1] != -100 and ids[:-1] == rows[0][:-1]
                     for ids, lab in zip(rows, labels))
     if len(rows) > 1 and one_token:
-        return rows[:1], labels[:1], [ids[-1] for ids in rows]
-    return rows, labels, None
+        return tuple(rows[:1]), tuple(labels[:1]), tuple(ids[-1] for ids in rows)
+    return tuple(rows), tuple(labels), None
 
 
 def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor, tokens: list):
@@ -127,7 +132,7 @@ def _row_scores(model, images, rows: list, labels: list, owner: torch.Tensor, to
     total = torch.zeros(len(rows), device=logp.device).index_add_(0, row, logp)
     count = keep.sum(1).to(total.dtype)
     first = count.long().cumsum(0) - count.long()  # each row's first labelled position in logits
-    totals = [total[r:r + 1] if alt is None else logp_all[first[r], alt] for r, alt in enumerate(tokens)]
+    totals = [total[r:r + 1] if alt is None else logp_all[first[r], list(alt)] for r, alt in enumerate(tokens)]
     counts = [count[r:r + 1] if alt is None else count.new_ones(len(alt)) for r, alt in enumerate(tokens)]
     return torch.cat(totals), torch.cat(counts)
 
@@ -144,7 +149,12 @@ def score_options(model, images: torch.Tensor | None, prompts: list[str],
     so a small model runs a few calls per batch instead of one per prompt. Scores do not depend
     on the grouping."""
     tok = model.tokenizer
-    per_prompt = [_option_rows(tok, p, o, images is not None, i) for i, (p, o) in enumerate(zip(prompts, options))]
+    per_prompt = []
+    for i, (prompt, opts) in enumerate(zip(prompts, options)):
+        try:
+            per_prompt.append(_option_rows(tok, tok.chat_template, prompt, tuple(opts), images is not None))
+        except ValueError as e:
+            raise ValueError(f"prompt {i}: {e}") from None
     scores, start = [], 0
     while start < len(prompts):
         end, n = start + 1, len(per_prompt[start][0])  # whole prompts, up to max_rows rows
