@@ -74,7 +74,7 @@ class StudySize:
 QUICK = StudySize(synthetic_size=8, instructions=8, vqa_per_task=1, vqa_mix=(1, 1, 1, 1), small_scenes=(0.5, 0.5, 0.5, 0.5), count_extras=None, count_all=1, align_steps=1,
                   finetune_steps=1, finetune_lr=1e-3, batch_size=4, n_per_task=1, probe_images=12, probe_steps=2)
 DEFAULT = StudySize(synthetic_size=1000, instructions=200, vqa_per_task=1000, vqa_mix=(1, 1, 1, 2.5), small_scenes=(0, 0.5, 0.5, 0.5), count_extras=None, count_all=1000,
-                    align_steps=600, finetune_steps=2500, finetune_lr=1e-3, batch_size=8, n_per_task=200,
+                    align_steps=600, finetune_steps=2500, finetune_lr=1e-3, batch_size=8, n_per_task=1000,
                     probe_images=96, probe_steps=100)
 
 
