@@ -359,3 +359,26 @@ def test_load_shapes_keeps_the_rendered_pixels_and_gives_fresh_items_each_call()
     other, _ = B.load_shapes(n_per_task=2, seed=4)
     assert [it.id for it in other] != [it.id for it in first] or not np.array_equal(
         np.asarray(other[0].image), np.asarray(first[0].image)), "another seed is another benchmark"
+
+
+def test_shapesbench_is_decoded_and_fitted_once_per_process_with_the_same_pixels(monkeypatch):
+    """eval.py reads ShapesBench's images through shapes_pixels: the pixels fitting load_shapes'
+    images gives, and a second evaluation with the same sizes decodes and fits nothing."""
+    from minijarvis.data.images import load_image
+    import minijarvis.evaluation.benchmarks as bm
+    B.shapes_pixels.cache_clear()
+    model = type("Stub", (), dict(image_size=24, image_mean=[0.5, 0.4, 0.3], image_aspect="pad"))()
+    args = evalpy.parse_args(["--checkpoint", "x", "--n-per-task", "2", "--seed", "3"])
+    items, _ = evalpy.load_items(args)
+    seen = []
+    monkeypatch.setattr(evalpy, "answer", lambda model, images, items, args: seen.append(images) or [
+        dict(prediction="A", correct=True, reply="x", method="likelihood")] * len(items))
+    evalpy.evaluate(model, items, args, "x")
+    expected = torch.stack([load_image(it.image, 24, (0.5, 0.4, 0.3), "pad") for it in items])
+    assert torch.equal(torch.cat(seen), expected), "the cached pixels are the fitted images, bit for bit"
+    fits = []
+    monkeypatch.setattr(bm, "load_image_uint8", lambda *a, **k: fits.append(a) or None)
+    monkeypatch.setattr(evalpy, "load_image", lambda *a, **k: fits.append(a) or None)
+    evalpy.evaluate(model, evalpy.load_items(args)[0], args, "x")
+    assert not fits and torch.equal(seen[-1], seen[0]), "the second evaluation fits no image again"
+    B.shapes_pixels.cache_clear()

@@ -140,7 +140,7 @@ def test_eval_blank_images_gives_the_model_only_blank_images(monkeypatch):
     model = SimpleNamespace(image_size=16, image_mean=(0.5, 0.5, 0.5), image_aspect="pad")
     items, _ = B.load_shapes(1, 0)
     for blank in (False, True):
-        args = eval_script.parse_args(["--checkpoint", "x"] + ["--blank-images"] * blank)
+        args = eval_script.parse_args(["--checkpoint", "x", "--n-per-task", "1"] + ["--blank-images"] * blank)
         eval_script.evaluate(model, items, args, "x")
     plain, blanked = seen
     assert not torch.equal(plain[0], blanked[0])
