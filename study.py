@@ -145,9 +145,10 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
                         seed = data.pop(future)
                         future.result()  # a data job that fails stops the study (its error as raised)
                         missing[seed] -= 1
-                        if not missing[seed]:
+                        if not missing[seed]:  # the longest first (visper's stage 1: ~3x), so short runs end the study
                             runs.update({pool.submit(S.run_logged, *job, size, out, args.random_init): job
-                                         for job in todo if job[1] == seed})
+                                         for job in sorted(todo, key=lambda job: job[0] != "visper")
+                                         if job[1] == seed})
                         continue
                     job = runs.pop(future)
                     try:
