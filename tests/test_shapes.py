@@ -48,14 +48,41 @@ def test_same_seed_gives_identical_scene_pixels_and_text():
 
 
 def test_footprints_use_the_shapes_unshaded():
-    """_footprint asks _primitives for the bare shapes (rgb None: no shading, ~10x per scene
-    sampled): the same pieces, in the same order, as the shaded object's."""
+    """_primitives with rgb None gives the bare shapes (no shading): the same pieces, in the same
+    order, as the shaded object's (footprints and renders draw the same outline)."""
     from minijarvis.data.shapes import KINDS, _primitives
     for kind in KINDS:
         for x, z in ((-0.8, 3.0), (0.0, 5.0), (0.9, 9.0)):
             shaded, bare = _primitives(kind, COLORS["red"], x, z), _primitives(kind, None, x, z)
             assert [(p, pts.tolist()) for p, pts, _ in shaded] == [(p, pts.tolist()) for p, pts, _ in bare], kind
             assert all(c is None for *_, c in bare) and all(len(c) == 3 for *_, c in shaded), kind
+
+
+def test_sampled_scenes_stay_bit_for_bit_the_same():
+    """The study's data must be reproducible bit for bit, so sample_scene must keep returning exactly
+    these scenes (every float as repr writes it; the values the sampler gave before it was sped up). If
+    this fails, every dataset and benchmark drawn from these seeds has changed. The visible fractions come
+    from Pillow's rasterisation, so a Pillow that fills polygons differently would fail this too."""
+    from minijarvis.data.shapes import Scene, SceneObject
+    assert scene_from_seed(0) == Scene(objects=(
+        SceneObject(kind='cone', color='yellow', x=0.6393526018238548, z=2.7969244680375893, bbox=(
+            0.5855770702995752, 0.43150711514935053, 0.880828741349714, 0.7772012983032044), visible=1.0),
+        SceneObject(kind='sphere', color='orange', x=-0.7671396644461992, z=2.7905396483246734, bbox=(
+            0.08175126981374287, 0.4316707250943636, 0.3684341701911977, 0.7183536254718184), visible=1.0),
+        SceneObject(kind='cube', color='orange', x=-0.2965713148874431, z=5.130605584986465, bbox=(
+            0.3527521894663649, 0.39616240517004603, 0.5218637303944359, 0.5713894261600888),
+            visible=0.8627450980392157),
+        SceneObject(kind='sphere', color='green', x=-2.9311444625750145, z=9.17701486371481, bbox=(
+            0.1370121970984164, 0.38179357917254597, 0.22418651378860033, 0.4689678958627299),
+            visible=0.5147058823529411),
+        SceneObject(kind='cube', color='red', x=0.5157606304865642, z=7.7676862490388485, bbox=(
+            0.5141730016257893, 0.38448673882686607, 0.6242941948845921, 0.4957278209465631),
+            visible=0.6335877862595419)), ground='grass')
+    scenes = ([scene_from_seed(s) for s in range(24)]
+              + [sample_scene(s, n_objects=6, min_visible=0.8) for s in range(4)]
+              + [sample_scene(s, attrs=[("cube", None), (None, "red"), ("sphere", "blue")]) for s in range(4)])
+    assert hashlib.sha256(repr(scenes).encode()).hexdigest() == \
+        "329c455956adc1e772101533dd1f404bf6a32bd03cb7ac8266117a55be5e604d", "sampled scenes changed (seeds 0-23 etc.)"
 
 
 def test_scenes_have_unique_names_in_frame_and_visible_objects():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -88,88 +89,136 @@ def scene_seed(split: str, index: int, seed: int = 0) -> int:
     return (SPLITS.index(split) + 1) << 60 | seed << 40 | index
 
 
-def _project(p: np.ndarray) -> np.ndarray:
-    """[..., 3] world points (x, y, z) -> [..., 2] image fractions (u, v)."""
-    return np.stack([0.5 + FOCAL * p[..., 0] / p[..., 2], HORIZON + FOCAL * (CAM_H - p[..., 1]) / p[..., 2]], -1)
+def _project(x, y, z) -> np.ndarray:
+    """World points -> [..., 2] image fractions (u, v). z: an array of the points' shape; x, y: arrays or floats."""
+    return np.stack([0.5 + FOCAL * x / z, HORIZON + FOCAL * (CAM_H - y) / z], -1)
 
 
 def _shade(rgb, normal) -> tuple[int, int, int]:
-    """Lambert shading with ambient light; normals need not be unit length. Plain floats: called ~50x per object."""
+    """Lambert shading with ambient light; normals need not be unit length. Plain floats."""
     nx, ny, nz = (float(c) for c in normal)
     k = 0.5 + 0.7 * max(0.0, (nx * LIGHT[0] + ny * LIGHT[1] + nz * LIGHT[2]) / math.sqrt(nx * nx + ny * ny + nz * nz))
     return tuple(min(255, int(c * k)) for c in rgb)
 
 
-def _ring(x: float, y: float, z: float, r: float, theta: np.ndarray) -> np.ndarray:
-    """World points on a horizontal circle; theta = 0 is the point nearest the camera."""
-    return np.stack([x + r * np.sin(theta), np.full_like(theta, y), z - r * np.cos(theta)], -1)
+class _Layout(NamedTuple):
+    """The pieces of one kind of object, the same wherever it stands: vertex i lies at world point
+    (x + r*s[i], y[i], z - r*c[i]) for an object at (x, z), r = SIZE/2; pieces[k] = (prim, start, stop,
+    normal), in painting order: "poly" (vertices start:stop) or "disc" (its box's two corners)."""
+    s: np.ndarray
+    c: np.ndarray
+    y: np.ndarray
+    pieces: tuple
+
+
+def _layout(pieces) -> _Layout:
+    """_Layout of pieces given as [(prim, [(s, y, c) of each vertex], normal)]."""
+    s, y, c = (np.array(a, float) for a in zip(*(v for _, vs, _ in pieces for v in vs)))
+    ends = np.cumsum([len(vs) for _, vs, _ in pieces]).tolist()
+    return _Layout(s, c, y, tuple((prim, e - len(vs), e, n) for (prim, vs, n), e in zip(pieces, ends)))
+
+
+def _layouts() -> dict[str, _Layout]:
+    """Every kind's _Layout ("cube-left", "cube-right": a cube that shows that side face). Its sines and
+    cosines are the very arrays the shapes were once drawn with, call for call (numpy's sin and cos may
+    round differently on another array length, or on a scalar), so the vertices stay bit for bit the same."""
+    r, h = SIZE / 2, SIZE
+    top, front = [(-1, h, 1), (1, h, 1), (1, h, -1), (-1, h, -1)], [(-1, 0, 1), (1, 0, 1), (1, h, 1), (-1, h, 1)]
+    cube = [("poly", top, (0, 1, 0)), ("poly", front, (0, 0, -1))]  # s = -1: its left side; c = 1: its front
+    side = lambda s: ("poly", [(s, 0, 1), (s, h, 1), (s, h, -1), (s, 0, -1)], (s, 0, 0))  # noqa: E731
+    th = np.linspace(-np.pi / 2, np.pi / 2, 13)  # only the front half of a cylinder's body faces the camera
+    sin, cos = np.sin(th), np.cos(th)
+    body = [("poly", [(sin[k], h, cos[k]), (sin[k + 1], h, cos[k + 1]), (sin[k + 1], 0, cos[k + 1]),
+                      (sin[k], 0, cos[k])], (np.sin(mid), 0, -np.cos(mid)))
+            for k, mid in enumerate((th[k] + th[k + 1]) / 2 for k in range(12))]
+    lid = ("poly", list(zip(_SIN_CIRCLE, [h] * 25, _COS_CIRCLE)), (0, 1, 0))
+    th = np.linspace(-np.pi, np.pi, 25)
+    sin, cos, mids = np.sin(th), np.cos(th), (th[:-1] + th[1:]) / 2
+    cone = [("poly", [(0, h, 0), (sin[k], 0, cos[k]), (sin[k + 1], 0, cos[k + 1])],
+             (h * np.sin(mids[k]), r, -h * np.cos(mids[k])))
+            for k in np.argsort(np.cos(mids))]  # back slivers first: painter's order on the convex surface
+    sphere = [("disc", [(0, r, 0)] * 2, (-0.5 * t, t, -1.0)) for t in _SPHERE_T]  # at its centre: see _outline
+    return {"cube": _layout(cube), "cube-left": _layout([side(-1)] + cube), "cube-right": _layout([side(1)] + cube),
+            "sphere": _layout(sphere), "cylinder": _layout(body + [lid]), "cone": _layout(cone)}
+
+
+_SPHERE_T = np.linspace(0, 0.85, 8)  # a sphere's discs: how far each drifts toward the light, and shrinks
+_CIRCLE = np.linspace(0, 2 * np.pi, 25)  # a cylinder's lid, a shadow
+_SIN_CIRCLE, _COS_CIRCLE = np.sin(_CIRCLE), np.cos(_CIRCLE)
+_LAYOUTS = _layouts()
+_DISC_T = _SPHERE_T.repeat(2)[:, None]  # per corner of the discs' boxes (see _outline)
+_DISC_SIGN = np.array([[-1.0], [1.0]] * len(_SPHERE_T))  # a box: centre - radius, centre + radius
+
+
+def _outline(kind: str, x: float, z: float) -> tuple[np.ndarray, str]:
+    """(vertices, layout): the [N, 2] image fractions (u, v) of all of one object's pieces, piece after
+    piece as _LAYOUTS[layout] says, projected in one go (each number by the same operations, in the same
+    order, as when every piece was projected on its own)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    r, layout = SIZE / 2, kind
+    if kind == "cube":  # the camera (x = 0) sees a side face only when the cube is entirely to one side
+        layout = "cube-left" if x - r > 0 else "cube-right" if x + r < 0 else "cube"
+    s, c, y, _ = _LAYOUTS[layout]
+    pts = _project(x + r * s, y, z - r * c)
+    if kind == "sphere":  # shrinking discs drifting toward the light fake a smooth highlight
+        rad = FOCAL * r / z
+        pts = pts + _DISC_T * rad * np.array([-0.35, -0.4]) + _DISC_SIGN * (rad * (1 - _DISC_T))
+    return pts, layout
+
+
+@functools.lru_cache(maxsize=256)
+def _colours(layout: str, rgb: tuple) -> tuple:
+    """The shaded colour of each piece of a layout."""
+    return tuple(_shade(rgb, normal) for *_, normal in _LAYOUTS[layout].pieces)
 
 
 def _primitives(kind: str, rgb, x: float, z: float) -> list[tuple[str, np.ndarray, tuple]]:
     """Shaded 2D pieces of one object, in painting order: ("poly", [N,2] u,v) or ("disc", [2,2] box).
-    ``rgb=None``: the shapes alone, colour None (a footprint needs no shading)."""
-    r, h = SIZE / 2, SIZE
-    out = []
-    shade = (lambda normal: None) if rgb is None else functools.partial(_shade, rgb)  # noqa: E731
-    if kind == "cube":
-        x0, x1, zf, zb = x - r, x + r, z - r, z + r
-        box = lambda pts: _project(np.array(pts, float))  # noqa: E731
-        if x0 > 0:  # the camera (x = 0) sees a side face only when the cube is entirely to one side
-            out.append(("poly", box([(x0, 0, zf), (x0, h, zf), (x0, h, zb), (x0, 0, zb)]), shade((-1, 0, 0))))
-        if x1 < 0:
-            out.append(("poly", box([(x1, 0, zf), (x1, h, zf), (x1, h, zb), (x1, 0, zb)]), shade((1, 0, 0))))
-        out.append(("poly", box([(x0, h, zf), (x1, h, zf), (x1, h, zb), (x0, h, zb)]), shade((0, 1, 0))))
-        out.append(("poly", box([(x0, 0, zf), (x1, 0, zf), (x1, h, zf), (x0, h, zf)]), shade((0, 0, -1))))
-    elif kind == "sphere":
-        c, rad = _project(np.array([x, r, z])), FOCAL * r / z
-        for t in np.linspace(0, 0.85, 8):  # shrinking discs drifting toward the light fake a smooth highlight
-            ctr = c + t * rad * np.array([-0.35, -0.4])
-            out.append(("disc", np.array([ctr - rad * (1 - t), ctr + rad * (1 - t)]),
-                        shade((-0.5 * t, t, -1.0))))
-    elif kind == "cylinder":
-        th = np.linspace(-np.pi / 2, np.pi / 2, 13)  # only the front half of the body faces the camera
-        top, bot = _project(_ring(x, h, z, r, th)), _project(_ring(x, 0, z, r, th))
-        for k in range(len(th) - 1):
-            mid = (th[k] + th[k + 1]) / 2
-            out.append(("poly", np.array([top[k], top[k + 1], bot[k + 1], bot[k]]),
-                        shade((np.sin(mid), 0, -np.cos(mid)))))
-        out.append(("poly", _project(_ring(x, h, z, r, np.linspace(0, 2 * np.pi, 25))), shade((0, 1, 0))))
-    elif kind == "cone":
-        th = np.linspace(-np.pi, np.pi, 25)
-        apex, base = _project(np.array([x, h, z])), _project(_ring(x, 0, z, r, th))
-        mids = (th[:-1] + th[1:]) / 2
-        for k in np.argsort(np.cos(mids)):  # back slivers first: painter's order on the convex surface
-            out.append(("poly", np.array([apex, base[k], base[k + 1]]),
-                        shade((h * np.sin(mids[k]), r, -h * np.cos(mids[k])))))
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return out
+    ``rgb=None``: the shapes alone, colour None. The pieces are views of one _outline array."""
+    pts, layout = _outline(kind, x, z)
+    pieces = _LAYOUTS[layout].pieces
+    colours = [None] * len(pieces) if rgb is None else _colours(layout, tuple(rgb))
+    return [(prim, pts[a:b], colour) for (prim, a, b, _), colour in zip(pieces, colours)]
+
+
+def _draw(draw: ImageDraw.ImageDraw, pts: np.ndarray, layout: str, scale: int, colours) -> None:
+    """Fill an object's pieces (_outline's vertices, times `scale` pixels) in painting order."""
+    flat = (pts * scale).ravel().tolist()  # u0, v0, u1, v1, ... in pixels, for all the pieces at once
+    for (prim, a, b, _), colour in zip(_LAYOUTS[layout].pieces, colours):
+        (draw.ellipse if prim == "disc" else draw.polygon)(flat[2 * a:2 * b], fill=colour)
 
 
 def _footprint(kind: str, x: float, z: float, grid: int = VIS_GRID):
     """(bbox, silhouette): bbox (left, top, right, bottom) in image fractions; silhouette a [grid, grid]
     bool raster of the object drawn alone (True = covered by the object)."""
-    prims = _primitives(kind, None, x, z)
-    pts = np.concatenate([p.reshape(-1, 2) for _, p, _ in prims])
-    lo, hi = np.clip(pts.min(0), 0, 1), np.clip(pts.max(0), 0, 1)
+    pts, layout = _outline(kind, x, z)
+    bbox = tuple(min(max(c, 0.0), 1.0) for c in pts.min(0).tolist() + pts.max(0).tolist())  # np.clip's numbers
     mask = Image.new("1", (grid, grid))
-    draw = ImageDraw.Draw(mask)
-    for prim, p, _ in prims:
-        (draw.ellipse if prim == "disc" else draw.polygon)([tuple(q) for q in (p * grid).tolist()], fill=1)
-    return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), np.asarray(mask)
+    _draw(ImageDraw.Draw(mask), pts, layout, grid, [1] * len(_LAYOUTS[layout].pieces))
+    return bbox, np.asarray(mask)
 
 
-def _visible_fractions(bboxes: list, masks: list, zs: list) -> list[float]:
+def _cells(bbox, grid: int) -> tuple[slice, slice]:
+    """The raster rows and columns a bbox (left, top, right, bottom) touches, on a [grid, grid] raster."""
+    left, top, right, bottom = bbox
+    return slice(int(top * grid), math.ceil(bottom * grid)), slice(int(left * grid), math.ceil(right * grid))
+
+
+def _visible_fractions(bboxes: list, masks: list, zs: list, which=None) -> list[float]:
     """Fraction of each object's silhouette not under the bbox of any nearer object. Occluding with bboxes
-    (which contain the shapes) makes this a lower bound on the fraction actually visible."""
+    (which contain the shapes) makes this a lower bound on the fraction actually visible.
+    ``which``: the indices of the objects to return (default: all of them)."""
     grid = masks[0].shape[0]
+    cells = [_cells(b, grid) for b in bboxes]
     out = []
-    for i, mask in enumerate(masks):
-        covered = np.zeros_like(mask)
-        for j, (left, top, right, bottom) in enumerate(bboxes):
-            if zs[j] < zs[i]:
-                covered[int(top * grid):math.ceil(bottom * grid), int(left * grid):math.ceil(right * grid)] = True
-        out.append(float((mask & ~covered).sum() / max(mask.sum(), 1)))
+    for i in range(len(masks)) if which is None else which:
+        mask, z = masks[i], zs[i]
+        seen = mask.copy()
+        for (rows, cols), zj in zip(cells, zs):
+            if zj < z:
+                seen[rows, cols] = False
+        out.append(float(np.count_nonzero(seen) / max(np.count_nonzero(mask), 1)))
     return out
 
 
@@ -212,7 +261,10 @@ def sample_scene(rng=None, n_objects: int | None = None, attrs=None, min_visible
                 if any(math.hypot(x - a, z - b) < MIN_GAP for a, b in xz):
                     continue
                 box, mask = _footprint(kind, x, z)
-                if min(_visible_fractions(boxes + [box], masks + [mask], [b for _, b in xz] + [z])) >= min_visible:
+                zs = [b for _, b in xz] + [z]
+                # Only its own fraction and those of the objects behind it can change (the others passed already).
+                behind = [i for i, b in enumerate(zs) if b > z]
+                if min(_visible_fractions(boxes + [box], masks + [mask], zs, behind + [len(xz)])) >= min_visible:
                     xz.append((x, z))
                     boxes.append(box)
                     masks.append(mask)
@@ -244,30 +296,37 @@ def scene_from_seed(seed: int) -> Scene:
     return sample_scene(np.random.default_rng(seed))
 
 
+@functools.lru_cache(maxsize=16)
+def _background(ground: str, size: int) -> Image.Image:
+    """Sky, ground and its perspective grid: the same for every scene on this ground at this size, so drawn
+    once (render draws on a copy)."""
+    v = (np.arange(size) + 0.5)[:, None] / size
+    sky = np.array([95, 150, 225]) + (v / HORIZON) * np.array([105, 70, 15])
+    near = np.clip((v - HORIZON) / (1 - HORIZON), 0, 1)
+    haze = np.exp(-12 * near)  # the ground fades into the sky colour near the horizon
+    ground = (np.array(GROUNDS[ground]) * (0.8 + 0.2 * near)) * (1 - haze) + np.array([200, 220, 240]) * haze
+    rows = np.where(v < HORIZON, sky, ground).astype(np.uint8)
+    img = Image.fromarray(np.repeat(rows[:, None, :], size, 1))
+    draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode blends translucent fills
+    px = lambda uv: [tuple(p) for p in (uv * size).tolist()]  # noqa: E731
+    for zl in (2.0, 3.0, 4.0, 5.5, 7.5, 10.0, 14.0, 20.0):
+        draw.line(px(_project(np.array([-60.0, 60.0]), 0.0, np.full(2, zl))), fill=(0, 0, 0, 28))
+    for xl in np.arange(-12, 13) * 1.5 + 0.75:
+        draw.line(px(_project(xl, 0.0, np.array([1.0, 60.0]))), fill=(0, 0, 0, 28))
+    return img
+
+
 def render(scene: Scene, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
     """Draw a scene as a size x size RGB image: sky, ground with a perspective grid, shadows, then the
     objects back to front (nearer objects occlude farther ones)."""
     if size < 16:
         raise ValueError(f"size must be >= 16 pixels, got {size}")
-    v = (np.arange(size) + 0.5)[:, None] / size
-    sky = np.array([95, 150, 225]) + (v / HORIZON) * np.array([105, 70, 15])
-    near = np.clip((v - HORIZON) / (1 - HORIZON), 0, 1)
-    haze = np.exp(-12 * near)  # the ground fades into the sky colour near the horizon
-    ground = (np.array(GROUNDS[scene.ground]) * (0.8 + 0.2 * near)) * (1 - haze) + np.array([200, 220, 240]) * haze
-    rows = np.where(v < HORIZON, sky, ground).astype(np.uint8)
-    img = Image.fromarray(np.repeat(rows[:, None, :], size, 1))
-    draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode blends translucent fills (grid, shadows)
-    px = lambda pts: [tuple(p) for p in (np.asarray(pts) * size).tolist()]  # noqa: E731
-    for zl in (2.0, 3.0, 4.0, 5.5, 7.5, 10.0, 14.0, 20.0):
-        draw.line(px(_project(np.array([[-60.0, 0, zl], [60.0, 0, zl]]))), fill=(0, 0, 0, 28))
-    for xl in np.arange(-12, 13) * 1.5 + 0.75:
-        draw.line(px(_project(np.array([[xl, 0, 1.0], [xl, 0, 60.0]]))), fill=(0, 0, 0, 28))
+    img = _background(scene.ground, size).copy()
+    draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode blends translucent fills (shadows)
     for o in sorted(scene.objects, key=lambda o: -o.z):
-        shadow = _ring(o.x + 0.25, 0.0, o.z + 0.15, SIZE * 0.6, np.linspace(0, 2 * np.pi, 25))
-        draw.polygon(px(_project(shadow)), fill=(0, 0, 0, 60))
-        for prim, pts, rgb in _primitives(o.kind, COLORS[o.color], o.x, o.z):
-            if prim == "disc":
-                draw.ellipse(px(pts), fill=rgb)
-            else:
-                draw.polygon(px(pts), fill=rgb)
+        r = SIZE * 0.6  # a shadow: a ring on the ground, shifted away from the light
+        shadow = _project(o.x + 0.25 + r * _SIN_CIRCLE, 0.0, o.z + 0.15 - r * _COS_CIRCLE)
+        draw.polygon((shadow * size).ravel().tolist(), fill=(0, 0, 0, 60))
+        pts, layout = _outline(o.kind, o.x, o.z)
+        _draw(draw, pts, layout, size, _colours(layout, COLORS[o.color]))
     return img
