@@ -23,7 +23,8 @@ thread (the tiny models gain nothing from more), its output in ``OUTPUT/logs/<ro
 a line per run as it ends, with its time; the wall time and each run's time go to study.json.
 A failed run is one line; the others finish, and rerunning the same command retries it.
 Resumable: a finished (method, seed) has ``OUTPUT/<method>-seed<k>/done.json`` and is not rerun;
-rerun the same command after an interruption. Writes OUTPUT/study.{json,csv,md,png}.
+rerun the same command after an interruption (Ctrl-C, or SIGTERM to study.py, stops the workers too;
+their unfinished runs start again from scratch). Writes OUTPUT/study.{json,csv,md,png}.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -136,6 +139,8 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
         # written, so no worker waits while the data of later seeds is drawn
         pool = ProcessPoolExecutor(min(args.workers, max(len(todo), 2 * len(seeds))),
                                    mp_context=multiprocessing.get_context("spawn"))
+        main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
+        previous = signal.signal(signal.SIGTERM, _stop_workers) if main_thread else None
         try:
             data = {pool.submit(S.data_job, out, size, seed, stage): seed for seed in seeds for stage in (2, 1)}
             missing, runs = {seed: 2 for seed in seeds}, {}
@@ -157,8 +162,19 @@ def run_all(jobs: list[tuple[str, int]], size: S.StudySize, out: Path, args) -> 
                         report(job, dict(error="its worker process died (out of memory?)",
                                          log=str(S.log_path(out, *job))))
         finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
             pool.shutdown(wait=True, cancel_futures=True)
     return [results[job] for job in jobs if job in results], failures
+
+
+def _stop_workers(signum, frame):
+    """SIGTERM reaches this process alone (Ctrl-C reaches the whole process group): end the
+    workers with it, or they run on, orphaned, into the folders of a rerun. Their unfinished
+    runs start again from scratch when the same command is rerun."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    raise SystemExit(128 + signum)
 
 
 def main(argv=None) -> int:

@@ -147,6 +147,50 @@ def test_eval_blank_images_gives_the_model_only_blank_images(monkeypatch):
     assert all(torch.equal(image, blank_image(16, (0.5, 0.5, 0.5))) for image in blanked)
 
 
+def _state(pid: int) -> tuple[str, int, bytes]:
+    """(state, parent pid, command line) of a process from /proc; ("", 0, b"") once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1]), Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return "", 0, b""
+
+
+def _live(pid: int) -> bool:
+    return _state(pid)[0] not in ("", "Z")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_to_the_study_ends_its_workers_too(tmp_path):
+    """SIGTERM reaches study.py alone, not its worker processes (Ctrl-C reaches the whole group):
+    the study must end them, or they run on, orphaned, into the folders of a rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = Path(study.__file__).parent
+    proc = subprocess.Popen([sys.executable, str(root / "study.py"), "--quick", "--workers", "2", "--methods",
+                             "llava", "jarvis", "--output-dir", str(tmp_path / "out")], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(workers := [pid for pid in (int(d.name) for d in Path("/proc").glob("[0-9]*"))
+                          if _state(pid)[1] == proc.pid and b"spawn_main" in _state(pid)[2]]) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the study ended before its workers started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.time() + 10
+        while (alive := [w for w in workers if _live(w)]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not alive, "the workers outlived the study"
+    finally:
+        for w in workers:
+            if _live(w):
+                os.kill(w, signal.SIGKILL)  # leave no orphan behind, whatever failed
+
+
 def test_an_unfinished_run_starts_again_from_scratch(tmp_path, monkeypatch):
     run = tmp_path / "jarvis-seed1"
     (run / "align").mkdir(parents=True)
