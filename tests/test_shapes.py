@@ -47,17 +47,6 @@ def test_same_seed_gives_identical_scene_pixels_and_text():
     assert (pixels(caption_record(7, seed=4)[1]) != pixels(caption_record(7, seed=3)[1])).any(), "seed is ignored"
 
 
-def test_footprints_use_the_shapes_unshaded():
-    """_primitives with rgb None gives the bare shapes (no shading): the same pieces, in the same
-    order, as the shaded object's (footprints and renders draw the same outline)."""
-    from minijarvis.data.shapes import KINDS, _primitives
-    for kind in KINDS:
-        for x, z in ((-0.8, 3.0), (0.0, 5.0), (0.9, 9.0)):
-            shaded, bare = _primitives(kind, COLORS["red"], x, z), _primitives(kind, None, x, z)
-            assert [(p, pts.tolist()) for p, pts, _ in shaded] == [(p, pts.tolist()) for p, pts, _ in bare], kind
-            assert all(c is None for *_, c in bare) and all(len(c) == 3 for *_, c in shaded), kind
-
-
 def test_sampled_scenes_stay_bit_for_bit_the_same():
     """The study's data must be reproducible bit for bit, so sample_scene must keep returning exactly
     these scenes (every float as repr writes it; the values the sampler gave before it was sped up). If

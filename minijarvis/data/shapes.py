@@ -173,15 +173,6 @@ def _colours(layout: str, rgb: tuple) -> tuple:
     return tuple(_shade(rgb, normal) for *_, normal in _LAYOUTS[layout].pieces)
 
 
-def _primitives(kind: str, rgb, x: float, z: float) -> list[tuple[str, np.ndarray, tuple]]:
-    """Shaded 2D pieces of one object, in painting order: ("poly", [N,2] u,v) or ("disc", [2,2] box).
-    ``rgb=None``: the shapes alone, colour None. The pieces are views of one _outline array."""
-    pts, layout = _outline(kind, x, z)
-    pieces = _LAYOUTS[layout].pieces
-    colours = [None] * len(pieces) if rgb is None else _colours(layout, tuple(rgb))
-    return [(prim, pts[a:b], colour) for (prim, a, b, _), colour in zip(pieces, colours)]
-
-
 def _draw(draw: ImageDraw.ImageDraw, pts: np.ndarray, layout: str, scale: int, colours) -> None:
     """Fill an object's pieces (_outline's vertices, times `scale` pixels) in painting order."""
     flat = (pts * scale).ravel().tolist()  # u0, v0, u1, v1, ... in pixels, for all the pieces at once
