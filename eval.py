@@ -140,7 +140,9 @@ def answer(model, images: torch.Tensor, items: list[B.Item], args) -> list[dict]
 
 
 def evaluate(model, items: list[B.Item], args, label: str) -> tuple[list[dict], list]:
-    """One record per answered item, and (id, reason) for items whose image could not be read."""
+    """One record per answered item, and (id, reason) for items whose image could not be read.
+    ``items``: :func:`load_items` of the same ``args`` (ShapesBench's images are then read, by
+    item id, from ``B.shapes_pixels`` of --n-per-task / --limit and --seed)."""
     records, skipped = [], []
     size, mean, aspect = model.image_size, model.image_mean, model.image_aspect
     fitted = (B.shapes_pixels(shapes_per_task(args), args.seed, size, tuple(mean), aspect)
